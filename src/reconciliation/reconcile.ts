@@ -25,8 +25,8 @@ import { accounts } from '../domain/ledger-rules.ts';
 /** Payments whose success came this close to the day's end may be billed the next day. */
 export const EXPECTED_WINDOW_MINUTES = 30;
 const MAX_HEALS_PER_RUN = 1000;
-/** The channel's bill day boundaries (Alipay and WeChat bill by Beijing time). */
-const BILL_TZ_OFFSET_HOURS: Partial<Record<ChannelName, number>> = { alipay: 8, wechatpay: 8 };
+/** The time zone of the channel's bill day: Alipay and WeChat bill by Beijing time, Google Play by Pacific time, the rest by UTC. */
+export const BILL_TIME_ZONE: Partial<Record<ChannelName, string>> = { alipay: 'Asia/Shanghai', wechatpay: 'Asia/Shanghai', google_play: 'America/Los_Angeles' };
 
 export interface ReconContext { db: Pool; channels: ReadonlyMap<ChannelName, ChannelConnector> }
 
@@ -43,7 +43,7 @@ async function copyLines(db: Pool, reconId: string, lines: AsyncIterable<BillLin
       for await (const l of lines) {
         n++;
         chunk.push([reconId, l.lineNo, l.kind, esc(l.channelReference), l.channelTransactionId ? esc(l.channelTransactionId) : '\\N',
-          l.refundReference ? esc(l.refundReference) : '\\N', l.amount, l.fee, l.currency, l.occurredAt ? l.occurredAt.toISOString() : '\\N'].join('\t'));
+          l.refundReference ? esc(l.refundReference) : '\\N', l.amount, l.fee ?? '\\N', l.currency, l.occurredAt ? l.occurredAt.toISOString() : '\\N'].join('\t'));
         if (chunk.length === 5000) { yield chunk.join('\n') + '\n'; chunk = []; onProgress?.(n); }
       }
       if (chunk.length) yield chunk.join('\n') + '\n';
@@ -86,8 +86,24 @@ export async function runReconciliation(ctx: ReconContext, input: {
 
 /** One set-based pass per kind of difference. */
 async function classify(db: Pool, id: string, channel: ChannelName, billDate: string) {
-  const offset = BILL_TZ_OFFSET_HOURS[channel] ?? 0;
+  const timeZone = BILL_TIME_ZONE[channel] ?? 'UTC';
   await db.query('ANALYZE recon_lines');
+  // A bill that names no reference of ours (a Play earnings report) is matched on the channel's
+  // ids: the payment's channel_transaction_id, the refund's channel_refund_id.
+  await db.query(
+    `UPDATE recon_lines l SET channel_reference = p.channel_reference
+       FROM payments p
+      WHERE l.recon_id = $1 AND l.kind = 'payment' AND l.channel_reference = '' AND l.channel_transaction_id IS NOT NULL
+        AND p.channel = $2 AND p.channel_transaction_id = l.channel_transaction_id`,
+    [id, channel],
+  );
+  await db.query(
+    `UPDATE recon_lines l SET refund_reference = r.refund_reference, channel_reference = CASE WHEN l.channel_reference = '' THEN p.channel_reference ELSE l.channel_reference END
+       FROM refunds r JOIN payments p ON p.id = r.payment_id
+      WHERE l.recon_id = $1 AND l.kind = 'refund' AND l.refund_reference IS NULL AND l.channel_transaction_id IS NOT NULL
+        AND r.channel_refund_id = l.channel_transaction_id AND p.channel = $2`,
+    [id, channel],
+  );
   // Payment lines against our payments.
   await db.query(
     `INSERT INTO recon_exceptions (recon_id, kind, channel_reference, line_no, payment_id, expected_amount, actual_amount, evidence)
@@ -96,10 +112,10 @@ async function classify(db: Pool, id: string, channel: ChannelName, billDate: st
                  WHEN p.status <> 'succeeded' THEN 'status_mismatch'
                  WHEN p.amount <> l.amount THEN 'amount_mismatch'
                  ELSE 'fee_mismatch' END,
-            l.channel_reference, l.line_no, p.id, p.amount, l.amount,
+            nullif(l.channel_reference, ''), l.line_no, p.id, p.amount, l.amount,
             jsonb_build_object('bill_fee', l.fee, 'ledger_fee', p.fee_amount, 'our_status', p.status, 'channel_transaction_id', l.channel_transaction_id)
        FROM recon_lines l
-       LEFT JOIN payments p ON p.channel = $2 AND p.channel_reference = l.channel_reference
+       LEFT JOIN payments p ON p.channel = $2 AND p.channel_reference = l.channel_reference AND l.channel_reference <> ''
       WHERE l.recon_id = $1 AND l.kind = 'payment'
         AND (p.id IS NULL OR p.status <> 'succeeded' OR p.amount <> l.amount OR l.fee <> coalesce(p.fee_amount, 0))`,
     [id, channel],
@@ -108,42 +124,67 @@ async function classify(db: Pool, id: string, channel: ChannelName, billDate: st
   await db.query(
     `INSERT INTO recon_exceptions (recon_id, kind, channel_reference, line_no, refund_id, expected_amount, actual_amount, evidence)
      SELECT $1, CASE WHEN r.id IS NULL THEN 'missing_in_ledger' WHEN r.status <> 'succeeded' THEN 'status_mismatch' ELSE 'amount_mismatch' END,
-            l.channel_reference, l.line_no, r.id, r.amount, l.amount,
-            jsonb_build_object('refund_reference', l.refund_reference, 'our_status', r.status)
+            nullif(l.channel_reference, ''), l.line_no, r.id, r.amount, l.amount,
+            jsonb_build_object('refund_reference', l.refund_reference, 'our_status', r.status, 'channel_transaction_id', l.channel_transaction_id)
        FROM recon_lines l LEFT JOIN refunds r ON r.refund_reference = l.refund_reference
       WHERE l.recon_id = $1 AND l.kind = 'refund' AND (r.id IS NULL OR r.status <> 'succeeded' OR r.amount <> l.amount)`,
     [id],
   );
   // Our successes of that day that the bill lacks: an exception, or expected near the day's end.
   await db.query(
-    `WITH day AS (SELECT ($3::date - make_interval(hours => $4))::timestamptz AS start_at,
-                         ($3::date + 1 - make_interval(hours => $4))::timestamptz AS end_at)
+    `WITH day AS (SELECT ($3::date)::timestamp AT TIME ZONE $4 AS start_at,
+                         ($3::date + 1)::timestamp AT TIME ZONE $4 AS end_at)
      INSERT INTO recon_exceptions (recon_id, kind, channel_reference, payment_id, expected_amount, evidence)
      SELECT $1, CASE WHEN p.succeeded_at > day.end_at - make_interval(mins => $5) THEN 'expected' ELSE 'missing_in_channel' END,
             p.channel_reference, p.id, p.amount, jsonb_build_object('succeeded_at', p.succeeded_at)
        FROM payments p, day
       WHERE p.channel = $2 AND p.status = 'succeeded' AND p.succeeded_at >= day.start_at AND p.succeeded_at < day.end_at
         AND NOT EXISTS (SELECT 1 FROM recon_lines l WHERE l.recon_id = $1 AND l.kind = 'payment' AND l.channel_reference = p.channel_reference)`,
-    [id, channel, billDate, offset, EXPECTED_WINDOW_MINUTES],
+    [id, channel, billDate, timeZone, EXPECTED_WINDOW_MINUTES],
   );
 }
 
-/** A line the channel says was paid while our payment is still open: a lost notification. Ask the channel. */
+/**
+ * A line the channel says was paid while our payment is still open: a lost notification. Ask the
+ * channel (by its transaction id when the line or the payment has one: Apple and Google Play are
+ * looked up that way) and apply its answer. A line that names only the channel's id (a Play
+ * earnings report) is first looked up to learn whose trade it is.
+ */
 async function heal(ctx: ReconContext, id: string, channel: ChannelName): Promise<number> {
   const connector = ctx.channels.get(channel);
   if (!connector) return 0;
-  const { rows } = await ctx.db.query<{ id: string; payment_id: string; channel_reference: string; currency: string; channel_transaction_id: string | null }>(
-    `SELECT x.id, x.payment_id, p.channel_reference, p.currency, p.channel_transaction_id FROM recon_exceptions x JOIN payments p ON p.id = x.payment_id
-      WHERE x.recon_id = $1 AND x.kind = 'status_mismatch' AND p.status IN ('requires_action', 'processing') ORDER BY x.id LIMIT $2`,
+  const { rows } = await ctx.db.query<{ id: string; payment_id: string | null; channel_reference: string | null; currency: string; transaction_id: string | null }>(
+    `SELECT x.id, x.payment_id, coalesce(p.channel_reference, nullif(l.channel_reference, '')) AS channel_reference,
+            coalesce(p.currency, l.currency) AS currency, coalesce(p.channel_transaction_id, l.channel_transaction_id) AS transaction_id
+       FROM recon_exceptions x
+       JOIN recon_lines l ON l.recon_id = x.recon_id AND l.line_no = x.line_no
+       LEFT JOIN payments p ON p.id = x.payment_id
+      WHERE x.recon_id = $1 AND l.kind = 'payment'
+        AND ((x.kind = 'status_mismatch' AND p.status IN ('requires_action', 'processing'))
+          OR (x.kind = 'missing_in_ledger' AND l.channel_reference = '' AND l.channel_transaction_id IS NOT NULL))
+      ORDER BY x.id LIMIT $2`,
     [id, MAX_HEALS_PER_RUN],
   );
   let healed = 0;
   for (const r of rows) {
     try {
-      const s = await connector.queryPayment({ channelReference: r.channel_reference, currency: r.currency, channelTransactionId: r.channel_transaction_id ?? undefined });
-      const applied = await inTransaction(ctx.db, (tx) => applyTradeSnapshot(tx, r.payment_id, s, `reconciliation:${id}`));
+      const s = await connector.queryPayment({ channelReference: r.channel_reference ?? '', currency: r.currency, ...(r.transaction_id ? { channelTransactionId: r.transaction_id } : {}) });
+      let paymentId = r.payment_id;
+      if (!paymentId) {
+        // Whose trade the channel's id is: only a payment of ours that is still open is healed.
+        const { rows: found } = await ctx.db.query<{ id: string }>(
+          `SELECT id FROM payments WHERE channel = $1 AND channel_reference = $2 AND status IN ('requires_action', 'processing')`, [channel, s.channelReference]);
+        paymentId = found[0]?.id ?? null;
+      } else if (s.channelReference !== r.channel_reference) {
+        continue; // the channel answered about another trade: left for a person
+      }
+      if (!paymentId) continue;
+      const applied = await inTransaction(ctx.db, (tx) => applyTradeSnapshot(tx, paymentId, s, `reconciliation:${id}`));
       if (applied.outcome === 'applied' && applied.payment.status === 'succeeded') {
-        await ctx.db.query(`UPDATE recon_exceptions SET resolution = 'healed', resolution_reason = 'queried the channel: paid', resolved_at = now() WHERE id = $1`, [r.id]);
+        await ctx.db.query(
+          `UPDATE recon_exceptions SET resolution = 'healed', resolution_reason = 'queried the channel: paid', resolved_at = now(),
+                  payment_id = $2, channel_reference = coalesce(channel_reference, $3) WHERE id = $1`,
+          [r.id, paymentId, s.channelReference]);
         healed++;
       }
     } catch {

@@ -1,0 +1,167 @@
+/**
+ * A day's bill of WeChat Pay, Stripe and PayPal, each in the channel's own format (WeChat's
+ * backtick CSV with its summary, Stripe's balance transactions, PayPal's Transaction Search
+ * items), with the same planted differences as the Alipay test: a lost notification, an amount
+ * that differs, a line only on our side, a line only on theirs. Exactly those are found, and the
+ * lost notification is healed by asking the channel.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { eventually, seedCourse, startTestService, type TestService } from '../support/service.ts';
+import { DRIVERS, simulate, type Driver } from '../support/drivers.ts';
+import { writeWechatpayBill, wechatpayFeeMilliFen, type WechatpayBillRow } from '../../src/channels/wechatpay/bill.ts';
+import { writeStripeBill } from '../../src/channels/stripe/bill.ts';
+import { paypalTransactionDetail, writePaypalBill } from '../../src/channels/paypal/bill.ts';
+
+let t: TestService;
+let product: any;
+const json = { 'content-type': 'application/json' };
+
+before(async () => {
+  t = await startTestService({ pollInitialDelayMs: 120_000, pollMaxDelayMs: 120_000 });
+  ({ product } = await seedCourse(t));
+});
+after(async () => { await t.raw('DELETE', '/sandbox/faults', undefined); await t.stop(); });
+
+interface Paid { order: any; payment: any; sim: any; fee: bigint }
+
+async function paidOrder(d: Driver, customer: string, lose = false): Promise<Paid> {
+  const o = (await t.api('POST', '/v1/orders', { customer_id: customer, currency: d.currency, client_platform: d.platform, items: [{ product_id: product.id }] })).body;
+  const p = (await t.api('POST', `/v1/orders/${o.id}/payments`, { channel: d.channel, method: d.method, ...(d.payer ? { payer: d.payer } : {}) })).body;
+  assert.ok(p.id, JSON.stringify(p));
+  await d.open(t, p, {});
+  if (lose) await t.raw('POST', '/sandbox/faults', JSON.stringify({ channel: d.channel, drop_rate: 1 }), json);
+  const res = await simulate(t, d, p, {});
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  if (lose) await t.raw('DELETE', '/sandbox/faults', undefined);
+  else await eventually(async () => (await t.api('GET', `/v1/orders/${o.id}`)).body.status === 'paid', { what: 'paid', timeoutMs: 15_000 });
+  const { rows } = await t.svc.pool.query('SELECT fee_amount FROM payments WHERE id = $1', [p.id]);
+  return { order: o, payment: (await t.api('GET', `/v1/payments/${p.id}`)).body, sim: res.body, fee: BigInt(rows[0].fee_amount ?? 0) };
+}
+
+interface BillSpec {
+  key: string;
+  timeZoneHours: number;
+  /** The bill's file: a line per payment (amount as given), plus one trade that is not ours. */
+  write(file: string, lines: Array<{ paid: Paid; amount: bigint; fee: bigint }>, foreignReference: string): Promise<void>;
+  contentType: string;
+}
+
+const now = () => new Date();
+const dayIn = (hours: number) => new Date(Date.now() + hours * 3600_000).toISOString().slice(0, 10);
+
+const SPECS: BillSpec[] = [
+  {
+    key: 'wechatpay:native', timeZoneHours: 8, contentType: 'text/csv',
+    async write(file, lines, foreign) {
+      const row = (ref: string, transactionId: string, amount: bigint, feeFen: bigint): WechatpayBillRow => ({
+        kind: 'payment', time: now(), appid: 'wx_sandbox', mchid: '1900000109', transactionId, outTradeNo: ref, openid: 'o_sandbox', tradeType: 'NATIVE',
+        amount, feeMilliFen: feeFen * 1000n, rate: '0.60%', description: 'Course 课程',
+      });
+      await writeWechatpayBill(file, [
+        ...lines.map((l) => row(l.paid.payment.channel_reference, l.paid.sim.transaction_id, l.amount, l.fee)),
+        { ...row(foreign, '4200009999202611229999999999', 100n, 0n), feeMilliFen: wechatpayFeeMilliFen(100n, 60) },
+      ]);
+    },
+  },
+  {
+    key: 'stripe:card', timeZoneHours: 0, contentType: 'application/x-ndjson',
+    async write(file, lines, foreign) {
+      let n = 0;
+      const txn = (ref: string, pi: string, amount: bigint, fee: bigint) => ({
+        id: `txn_plant${++n}`, object: 'balance_transaction', amount: Number(amount), fee: Number(fee), net: Number(amount - fee), currency: 'usd',
+        type: 'charge', reporting_category: 'charge', status: 'pending', created: Math.floor(Date.now() / 1000), exchange_rate: null,
+        source: { id: `ch_plant${n}`, object: 'charge', payment_intent: pi, metadata: { knowpay_reference: ref } },
+      });
+      await writeStripeBill(file, [
+        ...lines.map((l) => txn(l.paid.payment.channel_reference, l.paid.payment.channel_transaction_id, l.amount, l.fee)),
+        txn(foreign, 'pi_NOTOURS0000000000000001', 1500n, 74n),
+      ]);
+    },
+  },
+  {
+    key: 'paypal:paypal', timeZoneHours: 0, contentType: 'application/x-ndjson',
+    async write(file, lines, foreign) {
+      let n = 0;
+      const item = (ref: string, captureId: string | undefined, amount: bigint, fee: bigint) => paypalTransactionDetail({
+        transactionId: captureId ?? `7PLANT${String(++n).padStart(11, '0')}`, eventCode: 'T0006', status: 'S', amountMinor: amount, feeMinor: -fee,
+        currency: 'USD', invoiceId: ref, customField: ref, initiatedAt: now(),
+      });
+      await writePaypalBill(file, [
+        ...lines.map((l) => item(l.paid.payment.channel_reference, l.paid.sim.capture_id ?? undefined, l.amount, l.fee)),
+        item(foreign, undefined, 1500n, 82n),
+      ]);
+    },
+  },
+];
+
+for (const spec of SPECS) {
+  test(`${spec.key}: a day's bill with a lost notification, an amount that differs, a line only ours and one only theirs`, async () => {
+    const d = DRIVERS.find((x) => `${x.channel}:${x.method}` === spec.key && x.platform === 'web')!;
+    const tag = spec.key.replace(':', '_');
+    const good: Paid[] = [];
+    for (let i = 0; i < 3; i++) good.push(await paidOrder(d, `${tag}_good_${i}`));
+    const lost = await paidOrder(d, `${tag}_lost`, true);
+    assert.equal(lost.payment.status, 'requires_action', `the notification was lost: ${JSON.stringify(lost.payment)}`);
+    const differs = await paidOrder(d, `${tag}_differs`);
+    const onlyOurs = await paidOrder(d, `${tag}_only_ours`);
+    const fee = good[0]!.fee;
+    const foreign = `KPNOTOURS${tag.toUpperCase().replace(/[^A-Z]/g, '')}0000000001`.slice(0, 32);
+    const file = path.join(os.tmpdir(), `bill-${tag}-${Date.now()}`);
+    const billDate = dayIn(spec.timeZoneHours);
+    await spec.write(file, [
+      ...good.map((g) => ({ paid: g, amount: BigInt(g.payment.amount), fee: g.fee })),
+      { paid: lost, amount: BigInt(lost.payment.amount), fee },
+      { paid: differs, amount: BigInt(differs.payment.amount) - 1n, fee: differs.fee },
+    ], foreign);
+    try {
+      const up = await t.raw('POST', `/v1/reconciliations?channel=${d.channel}&bill_date=${billDate}`, fs.readFileSync(file),
+        { authorization: `Bearer ${t.apiKey}`, 'content-type': spec.contentType });
+      assert.equal(up.status, 200, up.text);
+      assert.equal(up.body.status, 'completed');
+      // Our own earlier tests of this file may have paid other trades today: only ours are counted here.
+      const ex = (await t.api('GET', `/v1/reconciliations/${up.body.id}/exceptions?limit=100`)).body.data;
+      const mine = new Set([...good, lost, differs, onlyOurs].map((x) => x.payment.channel_reference).concat(foreign));
+      const here = ex.filter((x: any) => mine.has(x.channel_reference));
+      const byKind = Object.fromEntries(here.map((x: any) => [x.kind, x]));
+      const minutes = (Date.now() / 60_000 + spec.timeZoneHours * 60) % 1440;
+      const lateInDay = minutes > 1440 - 31;
+      assert.deepEqual(here.map((x: any) => x.kind).sort(),
+        ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
+      assert.equal(up.body.summary.lines, 6);
+      assert.equal(up.body.summary.healed, 1);
+      assert.equal(byKind.amount_mismatch.channel_reference, differs.payment.channel_reference);
+      assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [differs.payment.amount, differs.payment.amount - 1]);
+      assert.equal(byKind.status_mismatch.channel_reference, lost.payment.channel_reference);
+      assert.equal(byKind.status_mismatch.resolution, 'healed');
+      assert.equal(byKind.missing_in_ledger.channel_reference, foreign);
+      assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, onlyOurs.payment.channel_reference);
+      // The good lines matched: no exception names them.
+      for (const g of good) assert.ok(!ex.some((x: any) => x.channel_reference === g.payment.channel_reference));
+      // The lost notification was healed: the order is paid, the buyer has access.
+      assert.equal((await t.api('GET', `/v1/orders/${lost.order.id}`)).body.status, 'paid');
+      const access = await t.api('GET', `/v1/customers/${tag}_lost/access/${product.id}`);
+      assert.equal(access.body.has_access, true, access.text);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+}
+
+test('a bill of one channel uploaded as another is a 400 that says why', async () => {
+  const auth = { authorization: `Bearer ${t.apiKey}`, 'content-type': 'text/plain' };
+  const stripeLine = JSON.stringify({ id: 'txn_1', object: 'balance_transaction', amount: 100, fee: 3, currency: 'usd', type: 'charge', source: { id: 'ch_1' } }) + '\n';
+  const asWechat = await t.raw('POST', `/v1/reconciliations?channel=wechatpay&bill_date=${dayIn(8)}`, stripeLine, auth);
+  assert.equal(asWechat.status, 400);
+  assert.equal(asWechat.body.error.code, 'bill_invalid');
+  const asPaypal = await t.raw('POST', `/v1/reconciliations?channel=paypal&bill_date=${dayIn(0)}`, stripeLine, auth);
+  assert.equal(asPaypal.status, 400);
+  assert.match(asPaypal.body.error.message, /PayPal/);
+  const wechatText = '交易时间,公众账号ID,商户号\n`2026-11-22 10:00:00,`wx1,`1900000109\n';
+  const asStripe = await t.raw('POST', `/v1/reconciliations?channel=stripe&bill_date=${dayIn(0)}`, wechatText, auth);
+  assert.equal(asStripe.status, 400);
+  assert.match(asStripe.body.error.message, /Stripe|JSON/);
+});
