@@ -38,11 +38,18 @@ async function recreateDb(adminUrl: string, name: string) {
   return withDb(adminUrl, name);
 }
 
+const tpsOf = (out: string) => Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+
+/** One more pgbench tpcb-like c=16 measurement on an initialised database (for interleaved rounds). */
+function pgbenchC16(url: string, seconds: number): number {
+  return tpsOf(execFileSync('pgbench', ['-c', '16', '-j', '2', '-T', String(seconds), '-n', url], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+}
+
 function pgbench(url: string): { c1: number; c16: number } {
   const run = (args: string[]) => execFileSync('pgbench', [...args, url], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   progress('pgbench -i -s 10');
   run(['-i', '-s', '10', '-q']);
-  const tps = (out: string) => Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+  const tps = tpsOf;
   progress(`pgbench tpcb-like c=1 for ${PGBENCH_SECONDS}s`);
   const c1 = tps(run(['-c', '1', '-j', '1', '-T', String(PGBENCH_SECONDS)]));
   progress(`pgbench tpcb-like c=16 for ${PGBENCH_SECONDS}s`);
@@ -61,15 +68,20 @@ async function main() {
     adminUrl = embedded.url;
   }
   try {
-    const ref = pgbench(await recreateDb(adminUrl, 'kp_bench_pgbench'));
+    const pgbenchUrl = await recreateDb(adminUrl, 'kp_bench_pgbench');
+    const ref = pgbench(pgbenchUrl);
     if (process.env.BENCH_ONLY === 'recon') {
       const recon = await reconciliationBench(await recreateDb(adminUrl, 'kp_bench_recon'), { lines: Number(process.env.BENCH_RECON_LINES ?? 1_000_000) });
       console.log(JSON.stringify({ pgbench_tpcb_like_tps: { c1: Math.round(ref.c1), c16: Math.round(ref.c16) }, reconciliation: recon }, null, 2));
       return;
     }
     if (process.env.BENCH_ONLY === 'ledger') {
-      const ledger = await ledgerBench(await recreateDb(adminUrl, 'kp_bench_ledger'), ref.c16, {
+      const ledger = await ledgerBench(await recreateDb(adminUrl, 'kp_bench_ledger'), (seconds) => {
+        progress(`pgbench tpcb-like c=16 for ${seconds}s (interleaved)`);
+        return pgbenchC16(pgbenchUrl, seconds);
+      }, {
         seconds: Number(process.env.BENCH_LEDGER_SECONDS ?? 10),
+        rounds: Number(process.env.BENCH_LEDGER_ROUNDS ?? 3),
         settlementOrders: Number(process.env.BENCH_SETTLEMENT_ORDERS ?? 1_000_000),
         settlementCreators: Number(process.env.BENCH_SETTLEMENT_CREATORS ?? 10_000),
       });
@@ -179,8 +191,12 @@ async function main() {
         paid_orders_per_channel: perChannel,
       };
       await svc.close();
-      const ledger = await ledgerBench(await recreateDb(adminUrl, 'kp_bench_ledger'), ref.c16, {
+      const ledger = await ledgerBench(await recreateDb(adminUrl, 'kp_bench_ledger'), (seconds) => {
+        progress(`pgbench tpcb-like c=16 for ${seconds}s (interleaved)`);
+        return pgbenchC16(pgbenchUrl, seconds);
+      }, {
         seconds: Number(process.env.BENCH_LEDGER_SECONDS ?? 10),
+        rounds: Number(process.env.BENCH_LEDGER_ROUNDS ?? 3),
         settlementOrders: Number(process.env.BENCH_SETTLEMENT_ORDERS ?? 1_000_000),
         settlementCreators: Number(process.env.BENCH_SETTLEMENT_CREATORS ?? 10_000),
       });
