@@ -12,6 +12,7 @@ import { ensureApiKey } from './http/auth.ts';
 import { buildApp, LOG_REDACT } from './http/app.ts';
 import { setupChannels } from './channels/setup.ts';
 import { loadPriority } from './channels/routing.ts';
+import type { ChannelConnector, ChannelName } from './channels/types.ts';
 import { startWorker } from './jobs/worker.ts';
 import type { AppContext } from './http/context.ts';
 
@@ -21,6 +22,8 @@ export interface RunningService {
   pool: Pool;
   databaseUrl: string;
   generatedApiKey: string | null;
+  /** The configured channel connectors (real or sandboxed), for the CLI and tests. */
+  channels: ReadonlyMap<ChannelName, ChannelConnector>;
   close(): Promise<void>;
 }
 
@@ -69,6 +72,7 @@ export async function startService(config: Config, log: Logger = createLogger(co
       pool,
       databaseUrl,
       generatedApiKey: generated,
+      channels: setup.channels,
       close() {
         closing ??= (async () => {
           await started.close(); // stop taking requests, finish in-flight ones

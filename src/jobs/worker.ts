@@ -9,7 +9,7 @@ import type { SyncContext } from '../payments/sync.ts';
 import { expireOrder, pollPayment } from '../payments/sync.ts';
 import { runSettlement } from '../settlement/settlement.ts';
 import { pollRefund, refundOverpayment } from '../refunds/refunds.ts';
-import { reconcileFromChannel } from '../reconciliation/reconcile.ts';
+import { previousBillDate, reconcileFromChannel } from '../reconciliation/reconcile.ts';
 import { BILL_READERS } from '../reconciliation/readers.ts';
 import type { Logger as PinoLogger } from 'pino';
 
@@ -48,14 +48,23 @@ export function taskList(ctx: SyncContext, log: PinoLogger): TaskList {
       const result = await refundOverpayment(ctx, paymentId);
       log.info({ job: 'refund_overpayment', payment_id: paymentId, result }, 'automatic refund of an extra payment');
     },
-    /** Yesterday's bill (Beijing time) of every channel whose bills can be downloaded and read. */
+    /**
+     * Yesterday's bill (in each channel's bill time zone) of every channel whose bills can be
+     * downloaded and read. One channel failing does not keep the others from running; its
+     * failure is logged (and kept on the reconciliation when it got that far), for the next day's
+     * run or a person with `npm run reconcile` to take up.
+     */
     reconcile_daily: async () => {
-      const billDate = new Date(Date.now() + 8 * 3600_000 - 86_400_000).toISOString().slice(0, 10);
       for (const [channel, connector] of ctx.channels) {
         const reader = BILL_READERS[channel];
         if (!reader || !connector.downloadBill) continue;
-        const r = await reconcileFromChannel(ctx, { channel, billDate, reader });
-        log.info({ job: 'reconcile_daily', channel, bill_date: billDate, reconciliation_id: r.id, summary: r.summary }, 'daily reconciliation');
+        const billDate = previousBillDate(channel);
+        try {
+          const r = await reconcileFromChannel(ctx, { channel, billDate, reader });
+          log.info({ job: 'reconcile_daily', channel, bill_date: billDate, reconciliation_id: r.id, summary: r.summary }, 'daily reconciliation');
+        } catch (err) {
+          log.error({ job: 'reconcile_daily', channel, bill_date: billDate, err }, 'daily reconciliation failed');
+        }
       }
     },
     settlement_run: async () => {

@@ -4,6 +4,7 @@ import { readAlipayBill } from '../channels/alipay/bill.ts';
 import { readWechatpayBill } from '../channels/wechatpay/bill.ts';
 import { readStripeBill } from '../channels/stripe/bill.ts';
 import { readPaypalBill } from '../channels/paypal/bill.ts';
+import { readAppleBill } from '../channels/apple/bill.ts';
 import type { BillReader } from './reconcile.ts';
 
 export const BILL_READERS: Partial<Record<ChannelName, BillReader>> = {
@@ -11,4 +12,5 @@ export const BILL_READERS: Partial<Record<ChannelName, BillReader>> = {
   wechatpay: readWechatpayBill,
   stripe: readStripeBill,
   paypal: readPaypalBill,
+  apple_iap: readAppleBill,
 };

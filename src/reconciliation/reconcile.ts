@@ -28,6 +28,12 @@ const MAX_HEALS_PER_RUN = 1000;
 /** The time zone of the channel's bill day: Alipay and WeChat bill by Beijing time, Google Play by Pacific time, the rest by UTC. */
 export const BILL_TIME_ZONE: Partial<Record<ChannelName, string>> = { alipay: 'Asia/Shanghai', wechatpay: 'Asia/Shanghai', google_play: 'America/Los_Angeles' };
 
+/** The bill date of the day before `now` in the channel's bill time zone (YYYY-MM-DD). */
+export function previousBillDate(channel: ChannelName, now = new Date()): string {
+  const timeZone = BILL_TIME_ZONE[channel] ?? 'UTC';
+  return new Intl.DateTimeFormat('en-CA', { timeZone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date(now.getTime() - 86_400_000));
+}
+
 export interface ReconContext { db: Pool; channels: ReadonlyMap<ChannelName, ChannelConnector> }
 
 export type BillReader = (path: string) => AsyncGenerator<BillLine>;

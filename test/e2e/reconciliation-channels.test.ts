@@ -10,19 +10,28 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { eventually, seedCourse, startTestService, type TestService } from '../support/service.ts';
+import { eventually, startTestService, type TestService } from '../support/service.ts';
 import { DRIVERS, simulate, type Driver } from '../support/drivers.ts';
 import { writeWechatpayBill, wechatpayFeeMilliFen, type WechatpayBillRow } from '../../src/channels/wechatpay/bill.ts';
 import { writeStripeBill } from '../../src/channels/stripe/bill.ts';
 import { paypalTransactionDetail, writePaypalBill } from '../../src/channels/paypal/bill.ts';
+import { writeAppleBill, type AppleHistoryItem } from '../../src/channels/apple/bill.ts';
+import { randomUUID } from 'node:crypto';
 
 let t: TestService;
 let product: any;
+const storeIds = { apple_iap: 'com.knowpay.sandbox.course1', google_play: 'course_1' };
 const json = { 'content-type': 'application/json' };
 
 before(async () => {
   t = await startTestService({ pollInitialDelayMs: 120_000, pollMaxDelayMs: 120_000 });
-  ({ product } = await seedCourse(t));
+  const creator = (await t.api('POST', '/v1/creators', { name: 'Ada', revenue_share_bps: 7000 })).body;
+  const created = await t.api('POST', '/v1/products', {
+    title: 'Course 课程', type: 'course', creator_id: creator.id, store_product_ids: storeIds,
+    prices: [{ currency: 'CNY', unit_amount: 10000 }, { currency: 'USD', unit_amount: 1500 }, { currency: 'EUR', unit_amount: 1400 }],
+  });
+  assert.equal(created.status, 200, created.text);
+  product = created.body;
 });
 after(async () => { await t.raw('DELETE', '/sandbox/faults', undefined); await t.stop(); });
 
@@ -32,9 +41,9 @@ async function paidOrder(d: Driver, customer: string, lose = false): Promise<Pai
   const o = (await t.api('POST', '/v1/orders', { customer_id: customer, currency: d.currency, client_platform: d.platform, items: [{ product_id: product.id }] })).body;
   const p = (await t.api('POST', `/v1/orders/${o.id}/payments`, { channel: d.channel, method: d.method, ...(d.payer ? { payer: d.payer } : {}) })).body;
   assert.ok(p.id, JSON.stringify(p));
-  await d.open(t, p, {});
+  await d.open(t, p, storeIds);
   if (lose) await t.raw('POST', '/sandbox/faults', JSON.stringify({ channel: d.channel, drop_rate: 1 }), json);
-  const res = await simulate(t, d, p, {});
+  const res = await simulate(t, d, p, storeIds);
   assert.equal(res.status, 200, JSON.stringify(res.body));
   if (lose) await t.raw('DELETE', '/sandbox/faults', undefined);
   else await eventually(async () => (await t.api('GET', `/v1/orders/${o.id}`)).body.status === 'paid', { what: 'paid', timeoutMs: 15_000 });
@@ -164,4 +173,79 @@ test('a bill of one channel uploaded as another is a 400 that says why', async (
   const asStripe = await t.raw('POST', `/v1/reconciliations?channel=stripe&bill_date=${dayIn(0)}`, wechatText, auth);
   assert.equal(asStripe.status, 400);
   assert.match(asStripe.body.error.message, /Stripe|JSON/);
+});
+
+// ---- Apple: the day's App Store notification history, as Knowpay downloads it ---------------------
+
+const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+const unb64 = (s: string) => JSON.parse(Buffer.from(s, 'base64url').toString('utf8'));
+/** A JWS with its payload changed (the signature no longer fits: the reader of an uploaded bill only decodes). */
+const rewrite = (jws: string, change: (payload: any) => void) => {
+  const [h, p, sig] = jws.split('.');
+  const payload = unb64(p!);
+  change(payload);
+  return `${h}.${b64(payload)}.${sig}`;
+};
+const transactionOf = (item: AppleHistoryItem) => unb64(unb64(item.signedPayload.split('.')[1]!).data.signedTransactionInfo.split('.')[1]);
+
+test("apple_iap: the day's notification history with a lost notification, an amount that differs, a line only ours and one only theirs", async () => {
+  const d = DRIVERS.find((x) => x.channel === 'apple_iap')!;
+  const good: Paid[] = [];
+  for (let i = 0; i < 3; i++) good.push(await paidOrder(d, `apple_good_${i}`));
+  const lost = await paidOrder(d, 'apple_lost', true);
+  assert.equal(lost.payment.status, 'requires_action', 'the notification was lost');
+  const differs = await paidOrder(d, 'apple_differs');
+  const onlyOurs = await paidOrder(d, 'apple_only_ours');
+  const billDate = dayIn(0);
+  const downloaded = path.join(os.tmpdir(), `apple-history-${Date.now()}`);
+  const file = `${downloaded}.planted`;
+  try {
+    // Apple's record of the day, verified item by item on download: it lists the lost notification too.
+    await t.svc.channels.get('apple_iap')!.downloadBill!({ billDate, destination: downloaded });
+    const items: AppleHistoryItem[] = fs.readFileSync(downloaded, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const byRef = new Map(items.map((it) => [transactionOf(it).appAccountToken as string, it]));
+    for (const x of [...good, lost, differs, onlyOurs]) assert.ok(byRef.has(x.payment.channel_reference), `history lists ${x.payment.channel_reference}`);
+    const planted: AppleHistoryItem[] = [];
+    for (const [ref, it] of byRef) {
+      if (ref === onlyOurs.payment.channel_reference) continue; // the line only on our side
+      if (ref === differs.payment.channel_reference) {
+        planted.push({ ...it, signedPayload: rewrite(it.signedPayload, (n) => { n.data.signedTransactionInfo = rewrite(n.data.signedTransactionInfo, (tx) => { tx.price -= 10; }); }) });
+      } else planted.push(it);
+    }
+    const foreignRef = randomUUID();
+    planted.push({ ...items[0]!, signedPayload: rewrite(items[0]!.signedPayload, (n) => {
+      n.notificationUUID = randomUUID();
+      n.data.signedTransactionInfo = rewrite(n.data.signedTransactionInfo, (tx) => { tx.appAccountToken = foreignRef; tx.transactionId = '2000009999999999'; tx.originalTransactionId = '2000009999999999'; });
+    }) });
+    await writeAppleBill(file, planted);
+    const up = await t.raw('POST', `/v1/reconciliations?channel=apple_iap&bill_date=${billDate}`, fs.readFileSync(file),
+      { authorization: `Bearer ${t.apiKey}`, 'content-type': 'application/x-ndjson' });
+    assert.equal(up.status, 200, up.text);
+    const ex = (await t.api('GET', `/v1/reconciliations/${up.body.id}/exceptions?limit=100`)).body.data;
+    const mine = new Set([...good, lost, differs, onlyOurs].map((x) => x.payment.channel_reference).concat(foreignRef));
+    const here = ex.filter((x: any) => mine.has(x.channel_reference));
+    const byKind = Object.fromEntries(here.map((x: any) => [x.kind, x]));
+    const lateInDay = (Date.now() / 60_000) % 1440 > 1440 - 31;
+    assert.deepEqual(here.map((x: any) => x.kind).sort(),
+      ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
+    assert.equal(up.body.summary.healed, 1);
+    assert.equal(byKind.amount_mismatch.channel_reference, differs.payment.channel_reference);
+    assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [differs.payment.amount, differs.payment.amount - 1]);
+    assert.equal(byKind.status_mismatch.channel_reference, lost.payment.channel_reference);
+    assert.equal(byKind.status_mismatch.resolution, 'healed');
+    assert.equal(byKind.missing_in_ledger.channel_reference, foreignRef);
+    assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, onlyOurs.payment.channel_reference);
+    for (const g of good) assert.ok(!ex.some((x: any) => x.channel_reference === g.payment.channel_reference));
+    assert.equal((await t.api('GET', `/v1/orders/${lost.order.id}`)).body.status, 'paid');
+    assert.equal((await t.api('GET', `/v1/customers/apple_lost/access/${product.id}`)).body.has_access, true);
+
+    // Downloaded from Apple over the API, the same day has no exception for these trades any more.
+    const again = await t.api('POST', '/v1/reconciliations', { channel: 'apple_iap', bill_date: billDate });
+    assert.equal(again.status, 200, again.text);
+    const ex2 = (await t.api('GET', `/v1/reconciliations/${again.body.id}/exceptions?limit=100`)).body.data;
+    assert.deepEqual(ex2.filter((x: any) => mine.has(x.channel_reference) && x.kind !== 'expected'), []);
+  } finally {
+    fs.rmSync(downloaded, { force: true });
+    fs.rmSync(file, { force: true });
+  }
 });

@@ -20,9 +20,19 @@
  *   a reason saying so: a recorded refund is final in Knowpay, so a person re-grants the content
  *   (and books the money) by hand.
  *
+ * With App Store Server API credentials (`serverApi`), two more things:
+ * - `queryPayment` with a channelTransactionId (the worker's poll of a payment that has one, the
+ *   reconciliation healing a line of Apple's bill) asks Get Transaction Info and answers the
+ *   verified transaction as confirmPayment does; a transaction of another reference is refused.
+ * - `downloadBill` saves the UTC day's Get Notification History, every item verified
+ *   (bill-download.ts; bill.ts reads it).
+ *
  * Holds no state; every call is reported to the `audit` hook with signatures and keys redacted.
  */
-import { APIException, type JWSTransactionDecodedPayload, type ResponseBodyV2DecodedPayload, type SignedDataVerifier } from '@apple/app-store-server-library';
+import {
+  APIException, type JWSTransactionDecodedPayload, type NotificationHistoryRequest, type NotificationHistoryResponse, type ResponseBodyV2DecodedPayload,
+  type SignedDataVerifier,
+} from '@apple/app-store-server-library';
 import {
   ChannelError,
   type Acknowledgement,
@@ -37,6 +47,7 @@ import type { ChannelAuditEntry } from '../module.ts';
 import { MAX_AMOUNT_MINOR, normalizeCurrency } from '../../domain/money.ts';
 import { createVerifier, MAX_JWS_CHARS, verificationFailure, type AppleEnvironment } from './jws.ts';
 import { AppStoreServerApi, type ServerApiConfig } from './server-api.ts';
+import { downloadAppleBill, type ItemCheck } from './bill-download.ts';
 import {
   canonicalUuid, isAppStoreProductId, isTransactionId, MAX_PURCHASE_QUANTITY, PAYMENT_NOTIFICATION_TYPES, redactSecrets, refundOfTransaction,
   REFUND_NOTIFICATION_TYPES, tradeOfTransaction, type VerifiedTransaction,
@@ -114,11 +125,46 @@ export function createAppleIapConnector(config: AppleIapConfig): ChannelConnecto
   /**
    * Apple's Server API finds a transaction by its transactionId (or an order id from the buyer's
    * receipt e-mail), never by appAccountToken, and we learn the transactionId only from the
-   * signed transaction itself. So an active query cannot know: it answers pending, and the
-   * payment is settled by the app's confirmation or by the notification.
+   * signed transaction itself. So without a channelTransactionId an active query cannot know: it
+   * answers pending, and the payment is settled by the app's confirmation or by the notification.
+   *
+   * With one (a payment that already has it, or a line of Apple's bill being healed), Get
+   * Transaction Info answers the transaction signed by Apple, verified and checked as in
+   * confirmPayment. An empty channelReference (a bill line that names only the transaction)
+   * learns the reference from the transaction; a non-empty one must be the transaction's
+   * appAccountToken, else it is another payment's transaction and no snapshot is answered.
    */
-  async function queryPayment(input: { channelReference: string; currency: string }): Promise<TradeSnapshot> {
-    return { state: 'pending', channelReference: input.channelReference, rawStatus: 'UNKNOWABLE_WITHOUT_TRANSACTION_ID' };
+  async function queryPayment(input: { channelReference: string; currency: string; channelTransactionId?: string }): Promise<TradeSnapshot> {
+    const transactionId = input.channelTransactionId;
+    if (transactionId === undefined || transactionId === '') {
+      return { state: 'pending', channelReference: input.channelReference, rawStatus: 'UNKNOWABLE_WITHOUT_TRANSACTION_ID' };
+    }
+    if (!isTransactionId(transactionId)) throw refuse('transaction_id_invalid', `channel transaction id ${JSON.stringify(String(transactionId).slice(0, 40))} is not an App Store transaction id (digits)`);
+    const wanted = input.channelReference === '' ? null : canonicalUuid(input.channelReference);
+    if (input.channelReference !== '' && !wanted) throw refuse('reference_invalid', 'the payment reference (appAccountToken) is not a UUID');
+    const started = Date.now();
+    const tx = await verifyTransaction(await fetchTransaction(transactionId, input.channelReference));
+    if (tx.transactionId !== transactionId) throw refuse('transaction_mismatch', `Apple answered transaction ${String(tx.transactionId)} for ${transactionId}`);
+    const token = canonicalUuid(tx.appAccountToken);
+    if (wanted && token !== wanted) {
+      throw refuse('reference_mismatch', `transaction ${transactionId} belongs to another reference (appAccountToken ${token ?? 'none'}), not ${wanted}`);
+    }
+    if (!token) throw refuse('reference_missing', `transaction ${transactionId} has no appAccountToken (not bought through Knowpay)`);
+    const snapshot = await snapshotOfTransaction(token, tx);
+    audit({ operation: 'query_payment', channelReference: token, request: { transaction_id: transactionId }, response: { transaction: tx, snapshot }, durationMs: Date.now() - started });
+    return snapshot;
+  }
+
+  /** A verified transaction whose appAccountToken is `reference`, checked (product, price) and answered as a snapshot. */
+  async function snapshotOfTransaction(reference: string, tx: VerifiedTransaction): Promise<TradeSnapshot> {
+    const productProblem = await checkProduct(reference, tx);
+    if (productProblem) throw refuse(productProblem.split(':')[0]!, productProblem);
+    const trade = tradeOfTransaction(tx, 'PURCHASED');
+    if (!trade.ok) throw refuse(trade.code, trade.reason);
+    return {
+      state: trade.state, channelReference: trade.channelReference, channelTransactionId: trade.channelTransactionId,
+      amountMinor: trade.amountMinor, currency: trade.currency, rawStatus: trade.rawStatus,
+    };
   }
 
   /** There is no open trade at Apple to close: a purchase exists only once the buyer has paid. */
@@ -186,16 +232,59 @@ export function createAppleIapConnector(config: AppleIapConfig): ChannelConnecto
     if (transactionId !== undefined && tx.transactionId !== transactionId) throw refuse('transaction_mismatch', `the signed transaction is ${String(tx.transactionId)}, not ${String(transactionId)}`);
     const token = canonicalUuid(tx.appAccountToken);
     if (token !== reference) throw refuse('reference_mismatch', `the transaction's appAccountToken ${String(tx.appAccountToken)} is not this payment's reference`);
-    const productProblem = await checkProduct(reference, tx);
-    if (productProblem) throw refuse(productProblem.split(':')[0]!, productProblem);
-    const trade = tradeOfTransaction(tx, 'PURCHASED');
-    if (!trade.ok) throw refuse(trade.code, trade.reason);
-    const snapshot: TradeSnapshot = {
-      state: trade.state, channelReference: trade.channelReference, channelTransactionId: trade.channelTransactionId,
-      amountMinor: trade.amountMinor, currency: trade.currency, rawStatus: trade.rawStatus,
-    };
+    const snapshot = await snapshotOfTransaction(reference, tx);
     audit({ operation: 'confirm_payment', channelReference: reference, request: { signed_transaction: signed, transaction_id: transactionId }, response: { transaction: tx, snapshot }, durationMs: Date.now() - started });
     return snapshot;
+  }
+
+  // ---- The bill: Get Notification History of a UTC day ----------------------------------------------
+
+  async function historyPage(api: AppStoreServerApi, billDate: string, paginationToken: string | null, request: NotificationHistoryRequest): Promise<NotificationHistoryResponse> {
+    const started = Date.now();
+    const auditRequest = { method: 'POST', path: '/inApps/v1/notifications/history', bill_date: billDate, start_date: request.startDate, end_date: request.endDate, next_page: paginationToken !== null };
+    try {
+      const response = await api.getNotificationHistory(paginationToken, request);
+      // The audit keeps the count, not the signed payloads (the bill file has them).
+      audit({ operation: 'get_notification_history', request: auditRequest, response: { notifications: response.notificationHistory?.length ?? 0, hasMore: response.hasMore ?? false }, durationMs: Date.now() - started });
+      return response;
+    } catch (err) {
+      const channelError = toChannelError(err);
+      audit({ operation: 'get_notification_history', request: auditRequest, response: responseOf(err), durationMs: Date.now() - started, error: `${channelError.code}: ${channelError.message}` });
+      throw channelError;
+    }
+  }
+
+  /** A history item: the notification and the transaction inside it, both verified like a notification we receive. */
+  async function verifyHistoryItem(signedPayload: string): Promise<ItemCheck> {
+    let decoded: ResponseBodyV2DecodedPayload;
+    try {
+      decoded = await verifier.verifyAndDecodeNotification(signedPayload);
+    } catch (err) {
+      const failure = verificationFailure(err);
+      if (!failure) throw err;
+      return { ok: false, reason: `signedPayload: ${failure.name}`, retryable: failure.retryable };
+    }
+    const signedTransaction = decoded.data?.signedTransactionInfo;
+    if (signedTransaction !== undefined) {
+      try {
+        await verifier.verifyAndDecodeTransaction(signedTransaction);
+      } catch (err) {
+        const failure = verificationFailure(err);
+        if (!failure) throw err;
+        return { ok: false, reason: `signedTransactionInfo: ${failure.name}`, retryable: failure.retryable };
+      }
+    }
+    return { ok: true };
+  }
+
+  async function downloadBill(input: { billDate: string; destination: string }): Promise<void> {
+    const api = serverApi;
+    if (!api) throw refuse('server_api_not_configured', 'downloading the Apple bill needs App Store Server API credentials');
+    await downloadAppleBill({
+      page: (token, request) => historyPage(api, input.billDate, token, request),
+      verify: verifyHistoryItem,
+      now,
+    }, input);
   }
 
   async function verifyNotification(input: NotificationInput, currencyOf: (channelReference: string) => Promise<string | null>): Promise<VerifyResult> {
@@ -311,6 +400,8 @@ export function createAppleIapConnector(config: AppleIapConfig): ChannelConnecto
     queryPayment,
     closePayment,
     confirmPayment,
+    // Only with Server API credentials: without them the daily reconciliation skips Apple.
+    ...(serverApi ? { downloadBill } : {}),
     verifyNotification,
     // Apple treats 200–206 as received; anything else is retried (1, 12, 24, 48, 72 h).
     ackSuccess: (): Acknowledgement => ({ statusCode: 200, contentType: 'text/plain; charset=utf-8', body: 'OK' }),

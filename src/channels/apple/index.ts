@@ -8,7 +8,8 @@
  * - APPLE_IAP_ONLINE_CHECKS    `true` (default): OCSP revocation and certificate dates at "now";
  *                              `false`: no network, dates checked at the payload's signedDate
  * - APPLE_IAP_ISSUER_ID, APPLE_IAP_KEY_ID, APPLE_IAP_PRIVATE_KEY (the .p8 PEM; literal `\n` accepted)
- *                              optional App Store Server API key, for confirming by transaction_id
+ *                              optional App Store Server API key, for confirming and querying by
+ *                              transaction id and for downloading the bill (Get Notification History)
  * - APPLE_IAP_API_BASE_URL     optional, defaults to Apple's host for the environment
  * Trusted roots: Apple Root CA - G3 and G2 (apple-roots.ts), nothing else.
  *

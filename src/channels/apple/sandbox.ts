@@ -36,6 +36,10 @@
  *   bearer-token checked like Apple (401 `Unauthenticated`), 400/404 with Apple's error codes; a
  *   refunded transaction carries revocationDate, revocationReason and revocationType REFUND_FULL.
  * - `POST /inApps/v1/notifications/test`  "Request a Test Notification": sends a signed TEST.
+ * - `POST /inApps/v1/notifications/history`  "Get Notification History" (sandbox-history.ts): every
+ *   notification the sandbox sent, delivered or not, with its signed payload and send attempts;
+ *   Apple's pagination and validation errors. Malformed Server API requests answer Apple's
+ *   `{errorCode, errorMessage}`.
  * State is in PostgreSQL (0013_apple_sandbox.sql); notifications go through the shared dispatcher.
  */
 import { randomUUID } from 'node:crypto';
@@ -48,6 +52,7 @@ import { createNotificationDispatcher, type NotificationChannelSpec, type Notifi
 import { objectBody, sendSandboxError } from '../sandbox/errors.ts';
 import { generateApiKey, generateSandboxChain, signAppStoreJws, verifyApiToken } from './jws.ts';
 import { canonicalUuid, isAppStoreProductId, isTransactionId, MAX_PURCHASE_QUANTITY, minorToPriceMilli } from './transformers.ts';
+import { notificationHistory, paginationTokenKey } from './sandbox-history.ts';
 import {
   getPurchase, getPurchaseByTransactionId, insertPurchase, mutatePurchase, PRODUCT_TYPES, sameSpec, updateRevocation,
   type ProductType, type PurchaseKey, type PurchaseSpec, type SandboxPurchase,
@@ -381,6 +386,7 @@ export const appleSandboxPlugin: FastifyPluginAsync<AppleSandboxOptions> = async
   const { chain, notifyUrl } = checkOptions(opts);
   const { pool, bundleId, keys } = opts;
   const signer: Signer = { bundleId, keys, chain };
+  const historyTokenKey = paginationTokenKey(keys.leafPrivateKey);
   const dispatcher = createNotificationDispatcher<AppleNotificationPayload>({
     pool,
     spec: appleNotificationSpec(),
@@ -473,6 +479,15 @@ export const appleSandboxPlugin: FastifyPluginAsync<AppleSandboxOptions> = async
         return reply.code(401).type('text/plain').send('Unauthenticated');
       }
     });
+    // A body Apple cannot read (not JSON, too large, wrong type) is answered in Apple's error shape.
+    api.setErrorHandler(async (err: { statusCode?: number }, req, reply) => {
+      const status = err.statusCode ?? 500;
+      if (status >= 500) {
+        req.log.error({ err }, 'apple sandbox: Server API request failed');
+        return apiError(reply, 500, 5000000, 'An unknown error occurred.');
+      }
+      return apiError(reply, 400, 4000000, 'Invalid request.');
+    });
 
     api.get<{ Params: { transactionId: string } }>('/inApps/v1/transactions/:transactionId', async (req, reply) => {
       const id = req.params.transactionId;
@@ -490,6 +505,11 @@ export const appleSandboxPlugin: FastifyPluginAsync<AppleSandboxOptions> = async
       await dispatcher.enqueue(pool, { channelReference: `test:${notificationUUID}`, eventId: notificationUUID, url: notifyUrl, payload: { signedPayload } });
       dispatcher.kick();
       return reply.type('application/json').send({ testNotificationToken: `${notificationUUID}_${signedDate}` });
+    });
+
+    api.post<{ Querystring: { paginationToken?: string | string[] } }>('/inApps/v1/notifications/history', { bodyLimit: MAX_JSON_BYTES }, async (req, reply) => {
+      const answer = await notificationHistory(pool, { bundleId, channel: APPLE_SANDBOX_CHANNEL, tokenKey: historyTokenKey }, req.body, req.query.paginationToken);
+      return reply.code(answer.status).type('application/json').send(answer.body);
     });
   });
 };
