@@ -5,6 +5,7 @@ import { readWechatpayBill } from '../channels/wechatpay/bill.ts';
 import { readStripeBill } from '../channels/stripe/bill.ts';
 import { readPaypalBill } from '../channels/paypal/bill.ts';
 import { readAppleBill } from '../channels/apple/bill.ts';
+import { readGooglePlayBill } from '../channels/google/bill.ts';
 import type { BillReader } from './reconcile.ts';
 
 export const BILL_READERS: Partial<Record<ChannelName, BillReader>> = {
@@ -13,4 +14,5 @@ export const BILL_READERS: Partial<Record<ChannelName, BillReader>> = {
   stripe: readStripeBill,
   paypal: readPaypalBill,
   apple_iap: readAppleBill,
+  google_play: readGooglePlayBill,
 };

@@ -1,8 +1,9 @@
 /**
  * Credentials in both directions.
  *
- * Outbound (our calls to the Google Play Developer API): an OAuth 2.0 access token for a service
- * account with the androidpublisher scope. Against Google, `GoogleAuth` from the SDK's bundled
+ * Outbound (our calls to the Google Play Developer API, and the download of Play's earnings report
+ * from the developer's Cloud Storage bucket): an OAuth 2.0 access token for a service account with
+ * the androidpublisher and devstorage.read_only scopes. Against Google, `GoogleAuth` from the SDK's bundled
  * google-auth-library does the JWT-bearer grant itself (its token URL is fixed to
  * https://oauth2.googleapis.com/token). Against the sandbox, `serviceAccountTokenClient` makes the
  * same grant — an RS256 assertion signed with the service account's key, posted as
@@ -23,6 +24,10 @@ import { ChannelError } from '../types.ts';
 import { decodeJwt, loadPrivateKey, signJwtRs256 } from './sign.ts';
 
 export const ANDROIDPUBLISHER_SCOPE = 'https://www.googleapis.com/auth/androidpublisher';
+/** Reading Play's financial reports in the developer account's Cloud Storage bucket (downloadBill). */
+export const DEVSTORAGE_READ_ONLY_SCOPE = 'https://www.googleapis.com/auth/devstorage.read_only';
+/** The scopes the connector's access token carries: the Developer API and the reports bucket. */
+export const GOOGLE_PLAY_SCOPES: readonly string[] = [ANDROIDPUBLISHER_SCOPE, DEVSTORAGE_READ_ONLY_SCOPE];
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 /** Issuers of Google-signed OIDC tokens (google-auth-library's defaults). */
 export const GOOGLE_ISSUERS = ['accounts.google.com', 'https://accounts.google.com'];
@@ -60,11 +65,11 @@ export function parseServiceAccountJson(json: string): ServiceAccountCredentials
   };
 }
 
-/** Production: google-auth-library's service account flow with the androidpublisher scope. */
+/** Production: google-auth-library's service account flow with the androidpublisher and devstorage.read_only scopes. */
 export function googleServiceAccountAuth(credentials: ServiceAccountCredentials): SdkAuth {
   return new sdkAuth.GoogleAuth({
     credentials: { client_email: credentials.client_email, private_key: credentials.private_key },
-    scopes: [ANDROIDPUBLISHER_SCOPE],
+    scopes: [...GOOGLE_PLAY_SCOPES],
   });
 }
 
@@ -88,7 +93,7 @@ const MAX_TOKEN_RESPONSE_BYTES = 16 * 1024;
  */
 export function serviceAccountTokenClient(opts: TokenClientOptions): SdkAuth {
   const privateKey = loadPrivateKey(opts.privateKey);
-  const scope = opts.scope ?? ANDROIDPUBLISHER_SCOPE;
+  const scope = opts.scope ?? GOOGLE_PLAY_SCOPES.join(' ');
   const timeoutMs = opts.timeoutMs ?? 10_000;
   new URL(opts.tokenUrl);
   const client = new sdkAuth.OAuth2({ forceRefreshOnFailure: true });

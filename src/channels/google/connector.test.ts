@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { ChannelError, type ChannelConnector, type CreatePaymentInput, type NotificationInput } from '../types.ts';
 import type { ChannelAuditEntry } from '../module.ts';
-import { ANDROIDPUBLISHER_SCOPE, googleServiceAccountAuth, parseServiceAccountJson, serviceAccountTokenClient } from './auth.ts';
+import { ANDROIDPUBLISHER_SCOPE, DEVSTORAGE_READ_ONLY_SCOPE, googleServiceAccountAuth, parseServiceAccountJson, serviceAccountTokenClient } from './auth.ts';
 import { googlePlayModule } from './index.ts';
 import type { Pool } from '../../store/db.ts';
 import { createGooglePlayConnector, snapshotOf, type GooglePlayConfig, type GooglePlayConnector } from './connector.ts';
@@ -286,13 +286,16 @@ test('real credentials from the environment build a production connector: no san
   const instance = await googlePlayModule.create(deps);
   assert.equal(instance.mountSandbox, undefined);
   assert.equal(instance.connector.appId, 'com.knowpay.app');
+  assert.equal(instance.connector.downloadBill, undefined, 'no reports bucket configured: no bill download');
+  const withReports = await googlePlayModule.create({ ...deps, env: { ...env, GOOGLE_PLAY_REPORTS_BUCKET: 'pubsite_prod_rev_01234567890987654321' } });
+  assert.equal(typeof withReports.connector.downloadBill, 'function');
   // Incomplete credentials fall back to the sandbox (which needs the database): here, it throws on the fake pool.
   await assert.rejects(googlePlayModule.create({ ...deps, env: { ...env, GOOGLE_PLAY_PUSH_SERVICE_ACCOUNT: '' } }));
-  // google-auth-library's service account client, with the androidpublisher scope, no network needed to build it.
+  // google-auth-library's service account client, with the androidpublisher and devstorage.read_only scopes, no network needed to build it.
   const auth = googleServiceAccountAuth(parseServiceAccountJson(json)) as unknown as { getClient(): Promise<{ email?: string; scopes?: string | string[] }> };
   const client = await auth.getClient();
   assert.equal(client.email, 'play-api@prod.iam.gserviceaccount.com');
-  assert.deepEqual(client.scopes, [ANDROIDPUBLISHER_SCOPE]);
+  assert.deepEqual(client.scopes, [ANDROIDPUBLISHER_SCOPE, DEVSTORAGE_READ_ONLY_SCOPE]);
 });
 
 test('idempotent calls are retried on 5xx (bounded), 4xx are not', async () => {

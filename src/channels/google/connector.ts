@@ -20,12 +20,31 @@
  * purchases.products.get cannot be called without one — and checked like a payment (our
  * reference, the binding tag). channelRefundId = `${orderId}:voided`, no amount (below).
  *
+ * Reconciliation:
+ * - downloadBill (present when `reportsBucket` is configured): the month's earnings report
+ *   `earnings/earnings_YYYYMM_<developer id>.zip` from the developer's Cloud Storage bucket
+ *   `pubsite_prod_rev_<developer id>` (Cloud Storage JSON API, `?alt=media`, the same service
+ *   account token, scope devstorage.read_only), of which only the bill day's rows (Transaction
+ *   Date, Pacific time) of this app (Product id) are written to the destination, as a bare CSV with
+ *   the report's header (bill.ts reads it). Only the day: the report is monthly, and reconciling
+ *   the whole month every day would raise the same exceptions up to 31 times. A day that has not
+ *   begun in Pacific time, or a report Google has not published yet (404: Google writes a month's
+ *   earnings early the next month), is a non-retryable ChannelError `bill_not_available`.
+ * - queryPayment with a `channelTransactionId` (a Play order id, GPA.…; what an earnings report
+ *   line names): orders.get → the purchase token and product → purchases.products.get → checked
+ *   like any purchase; the snapshot's channelReference is the reference read from the purchase, so
+ *   the caller may pass channelReference '' (a report line names none). Without an order id the
+ *   trade cannot be found (PURCHASE_TOKEN_REQUIRED, pending).
+ *
  * Trust model for the amount: the Play API reports no price for a purchase (and Google charges the
  * buyer its own local price for the product). The payment service compares amounts only when a
  * snapshot carries one, so snapshots here carry none. What binds the money to our payment is the
  * product: Google says which product and quantity were bought, and the binding tag proves we issued
  * that product for that reference.
  */
+import fs from 'node:fs';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { androidpublisher, type androidpublisher_v3 } from '@googleapis/androidpublisher';
 import {
   ChannelError,
@@ -40,6 +59,8 @@ import {
 } from '../types.ts';
 import type { ChannelAuditEntry } from '../module.ts';
 import { normalizeCurrency } from '../../domain/money.ts';
+import { BillFormatError } from '../../reconciliation/types.ts';
+import { developerIdOfBucket, earningsObjectName, extractGooglePlayEarningsDay, pacificDay } from './bill.ts';
 import { createPushVerifier, type PushAuthConfig, type SdkAuth } from './auth.ts';
 import { bindingMatches, purchaseBindingTag, MAX_OBFUSCATED_ID_CHARS } from './sign.ts';
 import {
@@ -50,6 +71,10 @@ import {
 
 export const GOOGLE_PLAY_METHODS = ['in_app'] as const;
 export const GOOGLE_API_ROOT = 'https://androidpublisher.googleapis.com/';
+export const GOOGLE_STORAGE_ROOT = 'https://storage.googleapis.com/';
+/** Bounds of one earnings report download. */
+const BILL_MAX_BYTES = 4 * 1024 ** 3;
+const BILL_DOWNLOAD_TIMEOUT_MS = 30 * 60_000;
 
 export interface GooglePlayConfig {
   /** The app's package name: the appId checked against notifications. */
@@ -67,6 +92,16 @@ export interface GooglePlayConfig {
   };
   /** Accept purchases made by license testers (purchaseType 0, no money). Sandbox: true. */
   acceptTestPurchases?: boolean;
+  /**
+   * The developer account's reporting bucket, `pubsite_prod_rev_<developer id>` (Play Console →
+   * Download reports → Copy Cloud Storage URI). Enables downloadBill; the service account needs
+   * access to financial data in Play Console.
+   */
+  reportsBucket?: string;
+  /** Cloud Storage root, default https://storage.googleapis.com/; the sandbox's /sandbox/google_play/. */
+  storageRootUrl?: string;
+  /** Clock (tests): which Pacific day is today for downloadBill. */
+  now?: () => Date;
   timeoutMs?: number;
   /** Automatic retries of idempotent calls (get, acknowledge) on 408/429/5xx/network. */
   retries?: number;
@@ -228,12 +263,49 @@ export function createGooglePlayConnector(config: GooglePlayConfig): GooglePlayC
   }
 
   /**
-   * The Play Developer API finds a purchase only by its token, which only the app or a
-   * notification gives us: without it there is nothing to ask, so the trade stays pending.
+   * The Play Developer API finds a purchase by its token, which only the app or a notification
+   * gives us, or by its order id (orders.get), which an earnings report names: without either
+   * there is nothing to ask, so the trade stays pending.
+   *
+   * With an order id: orders.get → purchase token and product → purchases.products.get → the
+   * checks every purchase goes through (ours, bound, paid for) → the snapshot, whose
+   * channelReference is the one read from the purchase. `channelReference` may be '' (a report
+   * line names no reference of ours); when given it must be the purchase's. A PURCHASED purchase
+   * not yet acknowledged is acknowledged when the caller names its reference (it holds that payment
+   * and is about to record it paid; Google refunds what stays unacknowledged for three days); with
+   * '' it is not (the caller may find no payment to grant, and then Google's refund is right).
    */
-  async function queryPayment(input: { channelReference: string; currency: string }): Promise<TradeSnapshot> {
+  async function queryPayment(input: { channelReference: string; currency: string; channelTransactionId?: string }): Promise<TradeSnapshot> {
     checkCurrency(input.currency);
-    return { state: 'pending', channelReference: input.channelReference, rawStatus: 'PURCHASE_TOKEN_REQUIRED' };
+    const orderId = input.channelTransactionId;
+    if (orderId === undefined || orderId === '') return { state: 'pending', channelReference: input.channelReference, rawStatus: 'PURCHASE_TOKEN_REQUIRED' };
+    if (!isOrderId(orderId)) throw new ChannelError(`channelTransactionId ${JSON.stringify(orderId.slice(0, 64))} is not a Google Play order id (GPA.…)`, 'google_play', 'transaction_id_invalid', false);
+    const expected = input.channelReference === '' ? null : checkReference(input.channelReference);
+    const params = { packageName: config.packageName, orderId };
+    const order = await call<androidpublisher_v3.Schema$Order>('get_order', expected ?? undefined, params, () => api.orders.get(params, callOptions));
+    const token = order?.purchaseToken;
+    const items = order?.lineItems ?? [];
+    const productId = items[0]?.productId;
+    if (!order || typeof order !== 'object' || (order.orderId && order.orderId !== orderId)) {
+      throw new ChannelError(`orders.get answered for order ${String(order?.orderId)}, asked for ${orderId}`, 'google_play', 'invalid_response', false);
+    }
+    if (!isPurchaseToken(token)) throw new ChannelError(`orders.get answered order ${orderId} without a purchase token`, 'google_play', 'invalid_response', false);
+    if (items.length !== 1 || !isProductId(productId)) {
+      throw new ChannelError(`order ${orderId} is not one one-time product (${items.length} line items)`, 'google_play', 'order_not_supported', false);
+    }
+    const purchase = await getPurchase(productId, token, expected ?? undefined);
+    const checked = check(purchase, productId);
+    if (!checked.ok) throw new ChannelError(checked.message, 'google_play', checked.code, false);
+    if (purchase.orderId && purchase.orderId !== orderId) {
+      throw new ChannelError(`the purchase of order ${orderId} reports order ${purchase.orderId}`, 'google_play', 'order_mismatch', false);
+    }
+    if (expected !== null && checked.reference !== expected) {
+      throw new ChannelError(`order ${orderId} belongs to another payment (${checked.reference}), asked for ${expected}`, 'google_play', 'reference_mismatch', false);
+    }
+    if (expected !== null && checked.snapshot.state === 'succeeded' && purchase.acknowledgementState !== ACKNOWLEDGED) {
+      await acknowledge(productId, token, expected);
+    }
+    return { ...checked.snapshot, channelTransactionId: orderId };
   }
 
   /**
@@ -407,7 +479,102 @@ export function createGooglePlayConnector(config: GooglePlayConfig): GooglePlayC
     return { voidedPurchases: out, truncated: true };
   }
 
+  const reports = config.reportsBucket
+    ? { bucket: config.reportsBucket, developerId: developerIdOfBucket(config.reportsBucket)!, root: (config.storageRootUrl ?? GOOGLE_STORAGE_ROOT).replace(/\/*$/, '/') }
+    : null;
+
+  /** The `Authorization` header the SDK's credentials give for a URL. */
+  async function authorizationFor(url: string): Promise<string> {
+    const auth = config.auth as unknown as { getRequestHeaders?: (url?: string) => Promise<Headers | Record<string, string>> };
+    if (typeof auth?.getRequestHeaders !== 'function') throw new ChannelError('the configured credentials cannot authorise a Cloud Storage download', 'google_play', 'auth_failed', false);
+    let headers: Headers | Record<string, string>;
+    try {
+      headers = await auth.getRequestHeaders(url);
+    } catch (err) {
+      throw toChannelError(err);
+    }
+    const value = typeof (headers as Headers).get === 'function' ? (headers as Headers).get('authorization') : (headers as Record<string, string>)['Authorization'] ?? (headers as Record<string, string>)['authorization'];
+    if (!value) throw new ChannelError('the credentials gave no access token', 'google_play', 'auth_failed', true);
+    return value;
+  }
+
+  /**
+   * The bill day's rows of this app from the month's earnings report (see the file comment).
+   * The object is downloaded next to `destination` (a zip is read by random access), then the day
+   * is written to `destination` and the download removed.
+   */
+  async function downloadBill(input: { billDate: string; destination: string }): Promise<void> {
+    const r = reports!;
+    const billDate = input.billDate;
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(billDate) || Number.isNaN(Date.parse(billDate)) || new Date(billDate).toISOString().slice(0, 10) !== billDate) {
+      throw new ChannelError(`bill_date must be YYYY-MM-DD, got ${billDate}`, 'google_play', 'bill_date_invalid', false);
+    }
+    const today = pacificDay((config.now ?? (() => new Date()))());
+    if (billDate > today) {
+      throw new ChannelError(`Google Play has no earnings report for ${billDate} yet: that day has not begun in Pacific time (it is ${today} there)`, 'google_play', 'bill_not_available', false);
+    }
+    const month = billDate.slice(0, 7).replace('-', '');
+    const object = earningsObjectName(month, r.developerId);
+    const url = `${r.root}storage/v1/b/${encodeURIComponent(r.bucket)}/o/${encodeURIComponent(object)}?alt=media`;
+    const ref = `bill:${billDate}`;
+    const request = { bucket: r.bucket, object, bill_date: billDate };
+    const started = Date.now();
+    const download = `${input.destination}.download`;
+    let status: number | null = null;
+    let bytes = 0;
+    try {
+      const answer = await fetch(url, {
+        headers: { authorization: await authorizationFor(url), accept: 'application/zip, application/octet-stream, */*', 'user-agent': 'knowpay' },
+        redirect: 'error',
+        signal: AbortSignal.timeout(BILL_DOWNLOAD_TIMEOUT_MS),
+      });
+      status = answer.status;
+      if (!answer.ok || !answer.body) {
+        const text = (await answer.text().catch(() => '')).slice(0, 2000);
+        let message = text.slice(0, 200);
+        try { message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? message; } catch { /* not JSON */ }
+        const where = `gs://${r.bucket}/${object}`;
+        if (answer.status === 404) {
+          throw new ChannelError(`Google Play's earnings report for ${billDate.slice(0, 7)} is not available (${where}: ${message}); Google publishes a month's earnings report early the next month`, 'google_play', 'bill_not_available', false);
+        }
+        if (answer.status === 401) throw new ChannelError(`Cloud Storage refused the credentials for ${where}: ${message}`, 'google_play', 'unauthenticated', false);
+        if (answer.status === 403) throw new ChannelError(`the service account may not read ${where} (grant it access to financial data in Play Console): ${message}`, 'google_play', 'permission_denied', false);
+        const retryable = answer.status === 408 || answer.status === 429 || answer.status >= 500;
+        throw new ChannelError(`Cloud Storage answered HTTP ${answer.status} for ${where}: ${message}`, 'google_play', retryable ? 'http_error' : 'invalid_request', retryable);
+      }
+      const meter = new Transform({
+        transform(chunk: Buffer, _e, cb) {
+          bytes += chunk.length;
+          if (bytes > BILL_MAX_BYTES) return cb(new ChannelError(`the earnings report is larger than ${BILL_MAX_BYTES} bytes`, 'google_play', 'bill_too_large', false));
+          cb(null, chunk);
+        },
+      });
+      try {
+        await pipeline(Readable.fromWeb(answer.body as import('node:stream/web').ReadableStream), meter, fs.createWriteStream(download));
+      } catch (err) {
+        if (err instanceof ChannelError) throw err;
+        throw new ChannelError(`the earnings report download broke off after ${bytes} bytes: ${(err as Error).message}`, 'google_play', 'transport_error', true);
+      }
+      let counts: { rows: number; kept: number };
+      try {
+        counts = await extractGooglePlayEarningsDay(download, input.destination, { date: billDate, packageName: config.packageName });
+      } catch (err) {
+        if (err instanceof BillFormatError) throw new ChannelError(`${object} is not a Google Play earnings report: ${err.message}`, 'google_play', 'invalid_response', false);
+        throw err;
+      }
+      audit({ operation: 'download_bill', channelReference: ref, request, response: { status, bytes, rows: counts.rows, day_rows: counts.kept }, durationMs: Date.now() - started });
+    } catch (err) {
+      await fs.promises.rm(input.destination, { force: true }).catch(() => {});
+      const e = err instanceof ChannelError ? err : toChannelError(err);
+      audit({ operation: 'download_bill', channelReference: ref, request, response: status === null ? null : { status, bytes }, error: `${e.code}: ${e.message}`, durationMs: Date.now() - started });
+      throw e;
+    } finally {
+      await fs.promises.rm(download, { force: true }).catch(() => {});
+    }
+  }
+
   return {
+    ...(reports ? { downloadBill } : {}),
     listVoidedPurchases,
     channel: 'google_play',
     appId: config.packageName,
@@ -440,6 +607,11 @@ export function snapshotOf(p: Purchase, reference: string): TradeSnapshot {
   };
 }
 
+/** A Play order id: GPA.1234-5678-9012-34567 (and the `..0`, `..1` suffixes of renewals). */
+function isOrderId(v: string): boolean {
+  return /^GPA\.\d{4}-\d{4}-\d{4}-\d{5}(\.\.\d{1,5})?$/.test(v);
+}
+
 function millis(v: string | null | undefined): Date | null {
   return typeof v === 'string' && /^\d{1,16}$/.test(v) ? new Date(Number(v)) : null;
 }
@@ -455,6 +627,8 @@ function assertConfig(config: GooglePlayConfig): void {
   if (typeof config.bindingSecret !== 'string' || config.bindingSecret.length < 16) throw new TypeError('GooglePlayConfig.bindingSecret must be at least 16 characters');
   if (config.rootUrl !== undefined) new URL(config.rootUrl);
   if (config.retries !== undefined && (!Number.isInteger(config.retries) || config.retries < 0 || config.retries > 5)) throw new TypeError('GooglePlayConfig.retries must be 0 to 5');
+  if (config.reportsBucket !== undefined && !developerIdOfBucket(config.reportsBucket)) throw new TypeError(`GooglePlayConfig.reportsBucket must be pubsite_prod_rev_<developer id>, got ${config.reportsBucket}`);
+  if (config.storageRootUrl !== undefined) new URL(config.storageRootUrl);
 }
 
 function checkCurrency(currency: string): string {

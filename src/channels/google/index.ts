@@ -15,7 +15,11 @@
  * - GOOGLE_PLAY_BINDING_SECRET          purchase binding secret (sign.ts); default derived from
  *                                       the service account's private key
  * - GOOGLE_PLAY_ACCEPT_TEST_PURCHASES   "true" to accept license-tester purchases (no money)
- * Otherwise the built-in sandbox at /sandbox/google_play, with keys generated once and stored.
+ * - GOOGLE_PLAY_REPORTS_BUCKET          pubsite_prod_rev_<developer id> (Play Console → Download
+ *                                       reports → Copy Cloud Storage URI): enables downloadBill
+ *                                       (the earnings report); unset, the connector has none
+ * Otherwise the built-in sandbox at /sandbox/google_play, with keys generated once and stored; its
+ * reporting bucket is sandboxReportsBucket(package name), served by the sandbox's Cloud Storage.
  */
 import type { ChannelModule } from '../module.ts';
 import { getOrCreateSetting } from '../../store/settings.ts';
@@ -23,6 +27,7 @@ import { googleServiceAccountAuth, parseServiceAccountJson, serviceAccountTokenC
 import { createGooglePlayConnector } from './connector.ts';
 import { deriveBindingSecret } from './sign.ts';
 import { generateGooglePlaySandboxKeys, googlePlaySandboxPlugin, type GooglePlaySandboxKeys } from './sandbox.ts';
+import { sandboxReportsBucket } from './sandbox-reports.ts';
 
 export const GOOGLE_PLAY_SANDBOX_PACKAGE = 'com.knowpay.sandbox';
 export const GOOGLE_PLAY_SANDBOX_SERVICE_ACCOUNT = 'knowpay-api@knowpay-sandbox.iam.gserviceaccount.com';
@@ -47,6 +52,7 @@ export const googlePlayModule: ChannelModule = {
             ...(env.GOOGLE_PLAY_PUSH_SUBSCRIPTION ? { subscription: env.GOOGLE_PLAY_PUSH_SUBSCRIPTION } : {}),
           },
           acceptTestPurchases: env.GOOGLE_PLAY_ACCEPT_TEST_PURCHASES === 'true',
+          ...(env.GOOGLE_PLAY_REPORTS_BUCKET ? { reportsBucket: env.GOOGLE_PLAY_REPORTS_BUCKET } : {}),
           audit: deps.audit,
         }),
       };
@@ -55,6 +61,7 @@ export const googlePlayModule: ChannelModule = {
     const { value: keys } = await getOrCreateSetting<GooglePlaySandboxKeys>(deps.pool, 'sandbox.google_play.keys', () => generateGooglePlaySandboxKeys());
     const base = deps.publicBaseUrl.replace(/\/+$/, '');
     const pushEndpoint = `${base}/v1/notify/google_play`;
+    const reportsBucket = sandboxReportsBucket(GOOGLE_PLAY_SANDBOX_PACKAGE);
     return {
       connector: createGooglePlayConnector({
         packageName: GOOGLE_PLAY_SANDBOX_PACKAGE,
@@ -66,6 +73,8 @@ export const googlePlayModule: ChannelModule = {
           onExchange: (e) => deps.audit({ operation: 'oauth_token', ...e }),
         }),
         rootUrl: `${base}${PREFIX}/`,
+        reportsBucket,
+        storageRootUrl: `${base}${PREFIX}/`,
         bindingSecret: keys.bindingSecret,
         push: {
           audience: pushEndpoint,
@@ -93,6 +102,7 @@ export const googlePlayModule: ChannelModule = {
           },
           publicBaseUrl: base,
           timeScale: deps.sandboxTimeScale,
+          reportsBucket,
         });
       },
     };

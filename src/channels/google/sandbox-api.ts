@@ -5,15 +5,19 @@
  * - the Developer API's bearer-token check, with Google's JSON error body and WWW-Authenticate;
  * - purchases.products.get and purchases.products.acknowledge;
  * - purchases.productsv2.getproductpurchasev2 (a purchase by its token alone);
- * - purchases.voidedpurchases.list (voided purchases by time, paged).
+ * - purchases.voidedpurchases.list (voided purchases by time, paged);
+ * - orders.get (an order by its id: its purchase token, state and price).
  * sandbox.ts wires them to routes.
  */
 import type { KeyObject } from 'node:crypto';
 import type { Queryable } from '../../store/db.ts';
 import { ANDROIDPUBLISHER_SCOPE, JWT_BEARER_GRANT, MAX_ASSERTION_LIFETIME_S } from './auth.ts';
 import { decodeJwt, verifyJwtRs256 } from './sign.ts';
+import { DEFAULT_FEES, estimateFee } from '../../domain/ledger-rules.ts';
+import { currencyExponent } from '../../domain/money.ts';
 import {
-  acknowledgePurchase, findAccessToken, getPurchaseByToken, insertAccessToken, listVoidedPurchases, newAccessToken, type SandboxPurchase,
+  acknowledgePurchase, findAccessToken, getPurchaseByOrderId, getPurchaseByToken, insertAccessToken, listVoidedPurchases, newAccessToken, priceOfPurchase,
+  type SandboxPurchase,
 } from './sandbox-purchases.ts';
 
 export interface ApiAnswer {
@@ -101,18 +105,22 @@ export function invalidCredentials(): ApiAnswer {
   };
 }
 
-/** null when the request may go on; else Google's answer. */
-export async function authenticate(db: Queryable, authorization: string | string[] | undefined): Promise<ApiAnswer | null> {
+/**
+ * null when the request may go on; else Google's answer. The token must carry one of `scopes`
+ * (default: the Developer API's; Cloud Storage accepts its devstorage scopes, sandbox-reports.ts).
+ */
+export async function authenticate(db: Queryable, authorization: string | string[] | undefined, scopes: readonly string[] = [ANDROIDPUBLISHER_SCOPE]): Promise<ApiAnswer | null> {
   if (authorization === undefined || authorization === '') return missingCredentials();
   if (typeof authorization !== 'string') return invalidCredentials();
   const m = /^Bearer (\S{1,2048})$/i.exec(authorization.trim());
   if (!m) return invalidCredentials();
   const record = await findAccessToken(db, m[1]!);
   if (!record || record.expired) return invalidCredentials();
-  if (!record.scope.split(/\s+/).includes(ANDROIDPUBLISHER_SCOPE)) {
+  const granted = record.scope.split(/\s+/);
+  if (!scopes.some((s) => granted.includes(s))) {
     return {
       ...googleError(403, 'Request had insufficient authentication scopes.', 'insufficientPermissions', { errorMessage: 'Insufficient Permission' }),
-      headers: { 'www-authenticate': `Bearer realm="https://accounts.google.com/", error="insufficient_scope", scope="${ANDROIDPUBLISHER_SCOPE}"` },
+      headers: { 'www-authenticate': `Bearer realm="https://accounts.google.com/", error="insufficient_scope", scope="${scopes[0]}"` },
     };
   }
   return null;
@@ -304,4 +312,64 @@ export async function acknowledgeProductPurchase(db: Queryable, packageName: str
     return googleError(400, 'The purchase is not in a valid state to perform the desired operation.', 'invalidPurchaseState', { domain: 'androidpublisher', location: 'token' });
   }
   return { status: 204, body: null };
+}
+
+// ---- orders.get -------------------------------------------------------------------------------------
+
+/** google.type.Money: whole units as a string, the fraction in nanos. */
+export function moneyJson(minor: bigint, currency: string): { currencyCode: string; units: string; nanos: number } {
+  const scale = 10n ** BigInt(currencyExponent(currency));
+  return { currencyCode: currency, units: (minor / scale).toString(), nanos: Number((minor % scale) * (1_000_000_000n / scale)) };
+}
+
+/** Order.state of a sandbox purchase. */
+function orderState(p: SandboxPurchase): string {
+  if (p.voidedAt) return 'REFUNDED';
+  if (p.purchaseState === 0) return 'PROCESSED';
+  if (p.purchaseState === 2) return 'PENDING';
+  return 'CANCELED';
+}
+
+/**
+ * androidpublisher#order as orders.get answers it for a one-time product: the purchase token, the
+ * state, one line item, the price (sandbox-purchases.ts, priceOfPurchase: no tax in the sandbox)
+ * and the history. Unknown order: 404.
+ */
+export async function getOrder(db: Queryable, packageName: string, orderId: string): Promise<ApiAnswer> {
+  const p = await getPurchaseByOrderId(db, packageName, orderId);
+  if (!p) return googleError(404, 'The order was not found.', 'notFound', { location: 'orderId' });
+  const price = await priceOfPurchase(db, p);
+  const zero = moneyJson(0n, price.currency);
+  const total = moneyJson(price.amountMinor, price.currency);
+  const paid = p.purchaseState === 0 || p.voidedAt !== null;
+  const fee = estimateFee(price.amountMinor, DEFAULT_FEES.google_play!);
+  const lastEvent = p.voidedAt ?? p.settledAt ?? p.purchaseTime;
+  return {
+    status: 200,
+    body: {
+      orderId: p.orderId,
+      purchaseToken: p.purchaseToken,
+      state: orderState(p),
+      createTime: p.purchaseTime.toISOString(),
+      lastEventTime: lastEvent.toISOString(),
+      buyerAddress: { buyerCountry: p.regionCode },
+      total,
+      tax: zero,
+      orderDetails: { taxInclusive: true },
+      ...(paid ? { developerRevenueInBuyerCurrency: moneyJson(p.voidedAt ? 0n : price.amountMinor - fee, price.currency) } : {}),
+      orderHistory: {
+        ...(paid ? { processedEvent: { eventTime: p.purchaseTime.toISOString() } } : {}),
+        ...(p.voidedAt ? { refundEvent: { eventTime: p.voidedAt.toISOString(), refundDetails: { total, tax: zero } } } : {}),
+        ...(p.purchaseState === 1 && !p.voidedAt && p.settledAt ? { cancellationEvent: { eventTime: p.settledAt.toISOString() } } : {}),
+      },
+      lineItems: [{
+        productId: p.productId,
+        productTitle: p.productId,
+        listingPrice: moneyJson(price.amountMinor / BigInt(p.quantity), price.currency),
+        total,
+        tax: zero,
+        oneTimePurchaseDetails: { quantity: p.quantity },
+      }],
+    },
+  };
 }

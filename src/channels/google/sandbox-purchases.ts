@@ -110,6 +110,69 @@ export async function getPurchaseByReference(db: Queryable, packageName: string,
   return rows[0] ? fromRow(rows[0]) : null;
 }
 
+export async function getPurchaseByOrderId(db: Queryable, packageName: string, orderId: string): Promise<SandboxPurchase | null> {
+  const { rows } = await db.query<PurchaseRow>(`SELECT ${COLUMNS} FROM sandbox_google_play_purchases WHERE package_name = $1 AND order_id = $2`, [packageName, orderId]);
+  return rows[0] ? fromRow(rows[0]) : null;
+}
+
+// ---- Prices ---------------------------------------------------------------------------------------
+
+/**
+ * What a sandbox purchase cost the buyer. Google knows the price it charged from Play Console's
+ * price list; this sandbox keeps no price list and the device call names no price. So the sandbox's
+ * "Play Console" charges what Knowpay priced: the amount and currency of the Knowpay payment whose
+ * reference the purchase carries (obfuscated account id = payments.channel_reference), read from
+ * the shared database. A purchase no payment of ours started (made straight through
+ * POST /purchase) costs SANDBOX_DEFAULT_UNIT_PRICE per unit.
+ */
+export interface SandboxPrice { amountMinor: bigint; currency: string; source: 'payment' | 'default' }
+
+/** Play Console's lowest US price tier, per unit: the price of a purchase without a Knowpay payment. */
+export const SANDBOX_DEFAULT_UNIT_PRICE = { amountMinor: 99n, currency: 'USD' } as const;
+
+const priceOf = (quantity: number, amount: string | null, currency: string | null): SandboxPrice =>
+  amount !== null && currency !== null
+    ? { amountMinor: BigInt(amount), currency, source: 'payment' }
+    : { amountMinor: SANDBOX_DEFAULT_UNIT_PRICE.amountMinor * BigInt(quantity), currency: SANDBOX_DEFAULT_UNIT_PRICE.currency, source: 'default' };
+
+export async function priceOfPurchase(db: Queryable, p: SandboxPurchase): Promise<SandboxPrice> {
+  const { rows } = await db.query<{ amount: string; currency: string }>(
+    `SELECT amount, currency FROM payments WHERE channel = 'google_play' AND channel_reference = $1`, [p.obfuscatedAccountId]);
+  return priceOf(p.quantity, rows[0]?.amount ?? null, rows[0]?.currency ?? null);
+}
+
+/** One money movement of the earnings report: a purchase paid, or a paid purchase voided (refunded in full). */
+export interface EarningsEvent {
+  kind: 'payment' | 'refund';
+  orderId: string;
+  productId: string;
+  quantity: number;
+  at: Date;
+  regionCode: string;
+  price: SandboxPrice;
+}
+
+/**
+ * The app's payments (PURCHASED purchases, and voided ones, which were paid first: by purchase
+ * time) and refunds (by voided time) in [from, to), oldest first, priced as priceOfPurchase does.
+ */
+export async function listEarningsEvents(db: Queryable, q: { packageName: string; from: Date; to: Date }): Promise<EarningsEvent[]> {
+  const { rows } = await db.query<{ kind: 'payment' | 'refund'; order_id: string; product_id: string; quantity: number; at: Date; region_code: string; amount: string | null; currency: string | null }>(
+    `SELECT e.kind, g.order_id, g.product_id, g.quantity, e.at, g.region_code, p.amount, p.currency
+       FROM sandbox_google_play_purchases g
+       CROSS JOIN LATERAL (VALUES ('payment', CASE WHEN g.purchase_state = ${PURCHASE_STATE.PURCHASED} OR g.voided_at IS NOT NULL THEN g.purchase_time END),
+                                  ('refund', g.voided_at)) AS e (kind, at)
+       LEFT JOIN payments p ON p.channel = 'google_play' AND p.channel_reference = g.obfuscated_account_id
+      WHERE g.package_name = $1 AND e.at >= $2 AND e.at < $3
+      ORDER BY e.at, g.order_id, e.kind`,
+    [q.packageName, q.from, q.to],
+  );
+  return rows.map((r) => ({
+    kind: r.kind, orderId: r.order_id, productId: r.product_id, quantity: r.quantity, at: r.at, regionCode: r.region_code,
+    price: priceOf(r.quantity, r.amount, r.currency),
+  }));
+}
+
 /** PENDING → PURCHASED or CANCELED, only if nobody settled it meanwhile. Null when it moved. */
 export async function settlePurchase(db: Queryable, expected: SandboxPurchase, to: 0 | 1): Promise<SandboxPurchase | null> {
   const { rows } = await db.query<PurchaseRow>(

@@ -8,7 +8,10 @@
  * - `POST /androidpublisher/v3/applications/:pkg/purchases/products/:productId/tokens/:token:acknowledge`
  * - `GET  /androidpublisher/v3/applications/:pkg/purchases/productsv2/tokens/:token`
  * - `GET  /androidpublisher/v3/applications/:pkg/purchases/voidedpurchases`
+ * - `GET  /androidpublisher/v3/applications/:pkg/orders/:orderId`  orders.get
  *                   the Developer API, bearer token checked (Google's 401 JSON when bad).
+ * - `GET  /storage/v1/b/:bucket/o/:object[?alt=media]`  the Cloud Storage JSON API over the app's
+ *                   reporting bucket: the monthly earnings report (sandbox-reports.ts).
  * - `GET  /oauth2/v3/certs`  the key that signs push OIDC tokens, as Google's JWKS.
  * - `POST /purchase` what the Play Billing library does on the device after launchBillingFlow:
  *                   `{ product_id, obfuscated_account_id, obfuscated_profile_id?, quantity?, package_name? }`
@@ -44,8 +47,10 @@ import {
   isPurchaseToken, oneTimeProductNotificationJson, purchaseStateName, testNotificationJson, voidedPurchaseNotificationJson,
 } from './transformers.ts';
 import {
-  acknowledgeProductPurchase, authenticate, exchangeToken, getProductPurchase, getProductPurchaseV2, listVoidedPurchasesAnswer, permissionDenied, type ApiAnswer,
+  acknowledgeProductPurchase, authenticate, exchangeToken, getOrder, getProductPurchase, getProductPurchaseV2, listVoidedPurchasesAnswer, permissionDenied, type ApiAnswer,
 } from './sandbox-api.ts';
+import { STORAGE_READ_SCOPES, earningsZipStream, sandboxReportsBucket, storageObject } from './sandbox-reports.ts';
+import { developerIdOfBucket } from './bill.ts';
 import { getPurchaseByReference, getPurchaseByToken, insertPurchase, newMessageId, settlePurchase, voidPurchase, type SandboxPurchase } from './sandbox-purchases.ts';
 
 export const GOOGLE_PLAY_CHANNEL = 'google_play';
@@ -109,6 +114,8 @@ export interface GooglePlaySandboxOptions {
   publicBaseUrl: string;
   /** Multiplies Pub/Sub's redelivery backoff: 1 = real time, 0.001 in tests. */
   timeScale: number;
+  /** The developer account's reporting bucket `pubsite_prod_rev_<id>`; default sandboxReportsBucket(packageName). */
+  reportsBucket?: string;
   /** Run the notification delivery loop in this process (default true). */
   deliverNotifications?: boolean;
   pollIntervalMs?: number;
@@ -346,8 +353,12 @@ export function parseApiPath(rawUrl: string): ApiPath | null {
   return { packageName, productId, token, verb: colon < 0 ? null : last.slice(colon + 1) };
 }
 
-/** `…/applications/{pkg}/purchases/productsv2/tokens/{token}` and `…/applications/{pkg}/purchases/voidedpurchases`. */
-export function parseApiPathV2(rawUrl: string): { kind: 'product_v2'; packageName: string; token: string } | { kind: 'voided'; packageName: string } | null {
+/** `…/applications/{pkg}/purchases/productsv2/tokens/{token}`, `…/applications/{pkg}/purchases/voidedpurchases` and `…/applications/{pkg}/orders/{orderId}`. */
+export function parseApiPathV2(rawUrl: string):
+  | { kind: 'product_v2'; packageName: string; token: string }
+  | { kind: 'voided'; packageName: string }
+  | { kind: 'order'; packageName: string; orderId: string }
+  | null {
   const path = rawUrl.split('?')[0]!;
   const at = path.indexOf(`${API_ROOT}/`);
   if (at < 0 || path.length > 4096) return null;
@@ -360,6 +371,14 @@ export function parseApiPathV2(rawUrl: string): { kind: 'product_v2'; packageNam
   }
   if (!packageName) return null;
   if (segments.length === 3 && segments[1] === 'purchases' && segments[2] === 'voidedpurchases') return { kind: 'voided', packageName };
+  if (segments.length === 3 && segments[1] === 'orders' && segments[2]) {
+    try {
+      const orderId = decodeURIComponent(segments[2]);
+      return orderId ? { kind: 'order', packageName, orderId } : null;
+    } catch {
+      return null;
+    }
+  }
   if (segments.length !== 5 || segments[1] !== 'purchases' || segments[2] !== 'productsv2' || segments[3] !== 'tokens') return null;
   try {
     const token = decodeURIComponent(segments[4]!);
@@ -388,6 +407,7 @@ function checkOptions(o: GooglePlaySandboxOptions) {
     if (!o.push?.[k]) throw new TypeError(`googlePlaySandboxPlugin: push.${k} is required`);
   }
   new URL(o.push.endpoint);
+  if (o.reportsBucket !== undefined && !developerIdOfBucket(o.reportsBucket)) throw new TypeError('googlePlaySandboxPlugin: reportsBucket must be pubsite_prod_rev_<developer id>');
   const baseUrl = new URL(o.publicBaseUrl).toString().replace(/\/+$/, '');
   return {
     baseUrl,
@@ -444,6 +464,7 @@ export const googlePlaySandboxPlugin: FastifyPluginAsync<GooglePlaySandboxOption
     if (v2) {
       if (v2.packageName !== packageName) return send(reply, permissionDenied());
       if (v2.kind === 'voided') return send(reply, await listVoidedPurchasesAnswer(pool, packageName, queryOf(rawUrl)));
+      if (v2.kind === 'order') return send(reply, await getOrder(pool, packageName, v2.orderId));
       return send(reply, await getProductPurchaseV2(pool, packageName, v2.token));
     }
     const path = parseApiPath(rawUrl);
@@ -459,6 +480,17 @@ export const googlePlaySandboxPlugin: FastifyPluginAsync<GooglePlaySandboxOption
     if (!path || path.verb !== 'acknowledge') return send(reply, notFound());
     if (path.packageName !== packageName) return send(reply, permissionDenied());
     return send(reply, await acknowledgeProductPurchase(pool, packageName, path.productId, path.token, req.body));
+  });
+
+  // Cloud Storage JSON API over the reporting bucket (object names are one encoded path segment).
+  const reportsBucket = opts.reportsBucket ?? sandboxReportsBucket(packageName);
+  app.get('/storage/v1/b/*', async (req, reply) => {
+    const denied = await authenticate(pool, req.headers.authorization, STORAGE_READ_SCOPES);
+    if (denied) return send(reply, denied);
+    const result = await storageObject({ db: pool, packageName, bucket: reportsBucket, now: new Date() }, req.raw.url ?? '');
+    if (!result.ok) return send(reply, result.answer);
+    if (!result.media) return send(reply, result.answer);
+    return reply.code(200).header('content-type', 'application/zip').header('x-goog-stored-content-encoding', 'identity').send(earningsZipStream(result.rows, result.month));
   });
 
   app.get('/oauth2/v3/certs', async (_req, reply) => reply.header('cache-control', 'public, max-age=3600').send({ keys: [publicJwk(googlePublicKey, opts.googleSigningKey.kid)] }));
