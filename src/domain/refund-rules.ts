@@ -106,3 +106,21 @@ export function refundPostings(input: RefundRuleInput): RefundRuleResult {
   })).filter((s) => s.gross !== 0n || s.share !== 0n);
   return { postings: out, splits, walletShortfall };
 }
+
+/**
+ * A refund the channel reports failed after it had succeeded (Stripe: the card can no longer take
+ * the money, `refund.failed`): the money is back with us, so the refund's own entry is reversed
+ * posting for posting, and its creator splits are given back. Exact for the refund it reverses.
+ * Later refunds of the same payment follow refundPostings' cumulative rule over the refunds that
+ * stand, so a rounding unit may move between a creator and platform revenue (never out of the
+ * books: every entry balances and the residual lands on platform revenue).
+ */
+export function refundFailurePostings(refund: { postings: readonly OriginalPosting[]; splits: readonly OriginalSplit[] }): {
+  postings: PostingSpec[]; splits: (SplitSpec & { notBefore: Date })[];
+} {
+  assert(refund.postings.length >= 2, 'a refund entry has postings');
+  const postings = refund.postings.map((p) => ({ account: p.account, direction: p.direction === 'debit' ? 'credit' as const : 'debit' as const, amount: p.amount }));
+  assertBalanced(postings);
+  const splits = refund.splits.map((x) => ({ creatorId: x.creatorId, currency: x.currency, gross: -x.gross, fee: -x.fee, share: -x.share, notBefore: x.maturesAt }));
+  return { postings, splits };
+}

@@ -64,10 +64,11 @@ export const orderMachine: StateMachine<OrderStatus> = defineStateMachine<OrderS
   {
     pending: { to: ['paid', 'canceled', 'expired'] },
     paid: { to: ['partially_refunded', 'refunded'] },
-    partially_refunded: { to: ['partially_refunded', 'refunded'] },
+    // Back towards paid only when the channel takes back a refund it had made (refund.failed).
+    partially_refunded: { to: ['partially_refunded', 'refunded', 'paid'] },
     canceled: { to: [] },
     expired: { to: [] },
-    refunded: { to: [] },
+    refunded: { to: ['partially_refunded', 'paid'] },
   },
   'order',
 );

@@ -188,8 +188,11 @@ async function heal(ctx: ReconContext, id: string, channel: ChannelName): Promis
       const applied = await inTransaction(ctx.db, (tx) => applyTradeSnapshot(tx, paymentId, s, `reconciliation:${id}`));
       if (applied.outcome === 'applied' && applied.payment.status === 'succeeded') {
         await ctx.db.query(
+          // A line that named only the channel's id turned out to be our open payment: a status
+          // mismatch (a lost notification), like on the channels whose bills carry our reference.
           `UPDATE recon_exceptions SET resolution = 'healed', resolution_reason = 'queried the channel: paid', resolved_at = now(),
-                  payment_id = $2, channel_reference = coalesce(channel_reference, $3) WHERE id = $1`,
+                  kind = 'status_mismatch', payment_id = $2, channel_reference = coalesce(channel_reference, $3),
+                  expected_amount = coalesce(expected_amount, (SELECT amount FROM payments WHERE id = $2)) WHERE id = $1`,
           [r.id, paymentId, s.channelReference]);
         healed++;
       }

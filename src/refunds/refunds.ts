@@ -12,8 +12,9 @@ import { newId, newTradeNumber } from '../domain/ids.ts';
 import { ApiError, invalid, notFound } from '../domain/errors.ts';
 import { toJsonAmount } from '../domain/money.ts';
 import { assert } from '../domain/assert.ts';
+import { orderMachine } from '../domain/state-machine.ts';
 import { ChannelError, type ChannelConnector, type ChannelName, type RefundSnapshot } from '../channels/types.ts';
-import { refundPostings, type OriginalPosting, type OriginalSplit } from '../domain/refund-rules.ts';
+import { refundFailurePostings, refundPostings, type OriginalPosting, type OriginalSplit } from '../domain/refund-rules.ts';
 import { post } from '../ledger/ledger.ts';
 import { enqueueJob } from '../jobs/queue.ts';
 import { lockOrder, recordTransition, type OrderRow } from '../orders/orders.ts';
@@ -64,8 +65,13 @@ async function succeededRefunds(tx: Queryable, paymentId: string, exceptId?: str
 }
 
 /** The ledger entry a refund reverses: the payment's capture (or overpayment) entry. */
-async function originalEntry(tx: Queryable, paymentId: string): Promise<{ postings: OriginalPosting[]; splits: OriginalSplit[] } | null> {
-  const { rows } = await tx.query<{ id: string }>(`SELECT id FROM journal_entries WHERE idempotency_key = $1`, [`capture:${paymentId}`]);
+async function originalEntry(tx: Queryable, paymentId: string): Promise<{ id: string; postings: OriginalPosting[]; splits: OriginalSplit[] } | null> {
+  return entryByKey(tx, `capture:${paymentId}`);
+}
+
+/** An entry's postings and creator splits, by its idempotency key. */
+async function entryByKey(tx: Queryable, key: string): Promise<{ id: string; postings: OriginalPosting[]; splits: OriginalSplit[] } | null> {
+  const { rows } = await tx.query<{ id: string }>(`SELECT id FROM journal_entries WHERE idempotency_key = $1`, [key]);
   if (!rows[0]) return null;
   const p = await tx.query<{ code: string; type: string; currency: string; may_go_negative: boolean; tracked: boolean; direction: 'debit' | 'credit'; amount: string }>(
     `SELECT a.code, a.type, a.currency, a.may_go_negative, a.tracked, p.direction, p.amount
@@ -73,6 +79,7 @@ async function originalEntry(tx: Queryable, paymentId: string): Promise<{ postin
   const s = await tx.query<{ creator_id: string; currency: string; gross_amount: string; fee_amount: string; share_amount: string; matures_at: Date }>(
     `SELECT creator_id, currency, gross_amount, fee_amount, share_amount, matures_at FROM creator_splits WHERE entry_id = $1 ORDER BY creator_id, currency`, [rows[0].id]);
   return {
+    id: rows[0].id,
     postings: p.rows.map((r) => ({
       account: { code: r.code, type: r.type as OriginalPosting['account']['type'], currency: r.currency, mayGoNegative: r.may_go_negative, tracked: r.tracked },
       direction: r.direction, amount: BigInt(r.amount),
@@ -185,6 +192,7 @@ export async function applyRefundSnapshot(tx: Client, refundId: string, s: Refun
   const r = rows[0]!;
   if (s.amountMinor !== undefined && s.amountMinor !== BigInt(r.amount)) return 'rejected';
   if (s.currency !== undefined && s.currency !== r.currency) return 'rejected';
+  if (r.status === 'succeeded' && s.state === 'failed') return failSucceededRefund(tx, order, r, s, source, message);
   if (r.status !== 'pending' || s.state === 'pending') {
     if (s.channelRefundId && !r.channel_refund_id) {
       await tx.query('UPDATE refunds SET channel_refund_id = $2, updated_at = now() WHERE id = $1', [r.id, s.channelRefundId]);
@@ -207,6 +215,40 @@ export async function applyRefundSnapshot(tx: Client, refundId: string, s: Refun
   await postRefund(tx, r, p, before);
   const fullyRefunded = before + BigInt(r.amount) === BigInt(p.amount);
   if (order.paid_payment_id === p.id) await afterOrderRefund(tx, order, r, fullyRefunded);
+  return 'applied';
+}
+
+/**
+ * The channel took back a refund it had made (Stripe's `refund.failed` after `succeeded`): the
+ * money is ours again. The refund ends failed, its ledger entry is reversed, and the order's
+ * status follows the refunds that stand. Access taken back by the refund stays taken back: the
+ * buyer asked to leave, and the platform decides (GET /v1/refunds/{id} shows failure_code) how
+ * to pay them out another way or grant again.
+ */
+async function failSucceededRefund(tx: Client, order: OrderRow, r: RefundRow, s: RefundSnapshot, source: string, message?: string): Promise<'applied'> {
+  const res = await tx.query(
+    `UPDATE refunds SET status = 'failed', failure_code = $2, failure_message = $3, updated_at = now() WHERE id = $1 AND status = 'succeeded'`,
+    [r.id, s.rawStatus ?? 'failed', (message ?? 'the channel reported the refund failed after it had succeeded').slice(0, 500)]);
+  assert(res.rowCount === 1, 'refund row locked as succeeded');
+  await recordRefundTransition(tx, r.id, 'succeeded', 'failed', source);
+  const entry = await entryByKey(tx, `refund:${r.id}`);
+  if (entry) {
+    const rules = refundFailurePostings(entry);
+    await post(tx, {
+      idempotencyKey: `refund_failure:${r.id}`, kind: 'refund_failure', reference: r.id, reverses: entry.id,
+      memo: `refund ${r.id} failed at the channel after it had succeeded`, postings: rules.postings,
+      splits: rules.splits.map((x) => ({ ...x, kind: 'refund' as const, delayDays: 0 })),
+    });
+  }
+  if (order.paid_payment_id === r.payment_id) {
+    const standing = await succeededRefunds(tx, r.payment_id);
+    const to = standing === 0n ? 'paid' : 'partially_refunded';
+    if (order.status !== to && (order.status === 'refunded' || order.status === 'partially_refunded')) {
+      orderMachine.assertTransition(order.status, to);
+      const moved = await tx.query(`UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 AND status = $3`, [order.id, to, order.status]);
+      if (moved.rowCount === 1) await recordTransition(tx, order.id, order.status, to, `refund_failed:${r.id}`, r.payment_id);
+    }
+  }
   return 'applied';
 }
 

@@ -16,6 +16,7 @@ import { writeWechatpayBill, wechatpayFeeMilliFen, type WechatpayBillRow } from 
 import { writeStripeBill } from '../../src/channels/stripe/bill.ts';
 import { paypalTransactionDetail, writePaypalBill } from '../../src/channels/paypal/bill.ts';
 import { writeAppleBill, type AppleHistoryItem } from '../../src/channels/apple/bill.ts';
+import { googlePlayOrderRows, writeGooglePlayEarningsReport } from '../../src/channels/google/bill.ts';
 import { randomUUID } from 'node:crypto';
 
 let t: TestService;
@@ -246,6 +247,68 @@ test("apple_iap: the day's notification history with a lost notification, an amo
     assert.deepEqual(ex2.filter((x: any) => mine.has(x.channel_reference) && x.kind !== 'expected'), []);
   } finally {
     fs.rmSync(downloaded, { force: true });
+    fs.rmSync(file, { force: true });
+  }
+});
+
+// ---- Google Play: the month's earnings report, a day of it, matched on Play's order ids -----------
+
+test("google_play: a day's earnings report with a lost notification, an amount that differs, a line only ours and one only theirs", async () => {
+  const d = DRIVERS.find((x) => x.channel === 'google_play')!;
+  const good: Paid[] = [];
+  for (let i = 0; i < 3; i++) good.push(await paidOrder(d, `google_good_${i}`));
+  const lost = await paidOrder(d, 'google_lost', true);
+  assert.equal(lost.payment.status, 'requires_action', 'the notification was lost');
+  const differs = await paidOrder(d, 'google_differs');
+  const onlyOurs = await paidOrder(d, 'google_only_ours');
+  for (const g of [...good, differs]) assert.equal(g.payment.channel_transaction_id, g.sim.order_id, 'the Play order id is kept on the payment');
+  assert.match(lost.sim.order_id, /^GPA\./);
+  const billDate = new Intl.DateTimeFormat('en-CA', { timeZone: 'America/Los_Angeles' }).format(new Date());
+  const file = path.join(os.tmpdir(), `google-earnings-${Date.now()}.zip`);
+  const packageName = lost.sim.package_name ?? 'com.knowpay.sandbox';
+  const rows = (x: Paid, amount: bigint) => googlePlayOrderRows({
+    kind: 'payment', orderId: x.sim.order_id, at: new Date(), amount, fee: x.fee || good[0]!.fee, currency: x.payment.currency, packageName, skuId: 'course_1',
+  });
+  const foreignOrder = 'GPA.3399-9999-9999-99999';
+  await writeGooglePlayEarningsReport(file, [
+    ...good.flatMap((g) => rows(g, BigInt(g.payment.amount))),
+    ...rows(lost, BigInt(lost.payment.amount)),
+    ...rows(differs, BigInt(differs.payment.amount) - 1n),
+    ...googlePlayOrderRows({ kind: 'payment', orderId: foreignOrder, at: new Date(), amount: 500n, fee: 75n, currency: 'CNY', packageName, skuId: 'course_1' }),
+  ]);
+  try {
+    const up = await t.raw('POST', `/v1/reconciliations?channel=google_play&bill_date=${billDate}`, fs.readFileSync(file),
+      { authorization: `Bearer ${t.apiKey}`, 'content-type': 'application/zip' });
+    assert.equal(up.status, 200, up.text);
+    const ex = (await t.api('GET', `/v1/reconciliations/${up.body.id}/exceptions?limit=100`)).body.data;
+    const refs = new Set([...good, lost, differs, onlyOurs].map((x) => x.payment.channel_reference));
+    const here = ex.filter((x: any) => refs.has(x.channel_reference) || x.evidence?.channel_transaction_id === foreignOrder);
+    const byKind = Object.fromEntries(here.map((x: any) => [x.kind, x]));
+    const laMinutes = (() => { const [h, m] = new Intl.DateTimeFormat('en-GB', { timeZone: 'America/Los_Angeles', hour: '2-digit', minute: '2-digit', hour12: false }).format(new Date()).split(':'); return Number(h) * 60 + Number(m); })();
+    const lateInDay = laMinutes > 1440 - 31;
+    assert.deepEqual(here.map((x: any) => x.kind).sort(),
+      ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
+    assert.equal(up.body.summary.lines, 6);
+    assert.equal(up.body.summary.healed, 1);
+    assert.equal(byKind.amount_mismatch.channel_reference, differs.payment.channel_reference);
+    assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [differs.payment.amount, differs.payment.amount - 1]);
+    // The lost one named only Play's order id: looked up with orders.get, found to be ours, healed.
+    assert.equal(byKind.status_mismatch.channel_reference, lost.payment.channel_reference);
+    assert.equal(byKind.status_mismatch.resolution, 'healed');
+    assert.equal(byKind.status_mismatch.payment_id, lost.payment.id);
+    assert.equal(byKind.missing_in_ledger.channel_reference, null);
+    assert.equal(byKind.missing_in_ledger.resolution, 'open');
+    assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, onlyOurs.payment.channel_reference);
+    for (const g of good) assert.ok(!ex.some((x: any) => x.channel_reference === g.payment.channel_reference));
+    assert.equal((await t.api('GET', `/v1/orders/${lost.order.id}`)).body.status, 'paid');
+    assert.equal((await t.api('GET', `/v1/customers/google_lost/access/${product.id}`)).body.has_access, true);
+
+    // Downloaded from the bucket over the API: the same day, our trades all match now.
+    const again = await t.api('POST', '/v1/reconciliations', { channel: 'google_play', bill_date: billDate });
+    assert.equal(again.status, 200, again.text);
+    const ex2 = (await t.api('GET', `/v1/reconciliations/${again.body.id}/exceptions?limit=100`)).body.data;
+    assert.deepEqual(ex2.filter((x: any) => refs.has(x.channel_reference) && x.kind !== 'expected'), []);
+  } finally {
     fs.rmSync(file, { force: true });
   }
 });
