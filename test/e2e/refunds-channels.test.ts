@@ -100,3 +100,66 @@ describe('refunds started by the stores', () => {
     });
   }
 });
+
+describe('a Stripe refund that succeeded and then failed at the card (refund.failed)', () => {
+  test('the refund ends failed, its entry is reversed exactly, the order is paid again, and the money can be refunded again', async () => {
+    const d = pick('stripe:card:USD');
+    const customer = `rc_refund_fail_${n++}`;
+    const order = (await t.api('POST', '/v1/orders', { customer_id: customer, currency: 'USD', client_platform: 'web', items: [{ product_id: product.id }] })).body;
+    const pay = (await t.api('POST', `/v1/orders/${order.id}/payments`, { channel: 'stripe', method: 'card' })).body;
+    // Stripe's test card whose refunds succeed and later fail.
+    const sim = await t.raw('POST', '/sandbox/stripe/simulate', JSON.stringify({ channel_reference: pay.channel_reference, outcome: 'succeeded', payment_method: 'pm_card_refundFail' }), json);
+    assert.equal(sim.status, 200, sim.text);
+    await eventually(async () => (await t.api('GET', `/v1/orders/${order.id}`)).body.status === 'paid', { what: 'paid', timeoutMs: 15_000 });
+    const balance = async () => (await t.api('GET', `/v1/creators/${product.creator_id}/balance`)).body.pending.find((x: any) => x.currency === 'USD')?.amount ?? 0;
+    const paidBalance = await balance();
+
+    const refund = await t.api('POST', '/v1/refunds', { payment_id: pay.id });
+    assert.equal(refund.status, 200, refund.text);
+    await eventually(async () => (await t.api('GET', `/v1/refunds/${refund.body.id}`)).body.status === 'succeeded', { what: 'refund succeeded', timeoutMs: 15_000 });
+    assert.equal((await t.api('GET', `/v1/orders/${order.id}`)).body.status, 'refunded');
+    assert.equal((await t.api('GET', `/v1/customers/${customer}/access/${product.id}`)).body.has_access, false);
+    const refundedBalance = await balance();
+    assert.ok(refundedBalance < paidBalance, `the refund took the creator's share back (${paidBalance} → ${refundedBalance})`);
+
+    // The card cannot take the money: Stripe fails the refund it had made (the sandbox does so on
+    // its own shortly after; simulate makes it now if it has not yet).
+    const succeededRefund = (await t.api('GET', `/v1/refunds/${refund.body.id}`)).body;
+    const fail = await t.raw('POST', '/sandbox/stripe/refunds/simulate', JSON.stringify({ channel_refund_id: succeededRefund.channel_refund_id, outcome: 'failed' }), json);
+    assert.ok(fail.status === 200 || (fail.status === 409 && /already failed/.test(fail.text)), fail.text);
+    await eventually(async () => (await t.api('GET', `/v1/refunds/${refund.body.id}`)).body.status === 'failed', { what: 'refund failed', timeoutMs: 15_000 });
+    const failed = (await t.api('GET', `/v1/refunds/${refund.body.id}`)).body;
+    assert.ok(failed.failure_code, 'the failure says why');
+    assert.equal((await t.api('GET', `/v1/orders/${order.id}`)).body.status, 'paid');
+    assert.equal(await balance(), paidBalance, "the creator's share is back, to the cent");
+    const entries = (await t.api('GET', `/v1/ledger/entries?reference=${refund.body.id}&limit=10`)).body.data;
+    const refundEntry = entries.find((e: any) => e.kind === 'refund');
+    const failure = entries.filter((e: any) => e.kind === 'refund_failure');
+    assert.equal(failure.length, 1);
+    assert.equal(failure[0].reverses, refundEntry.id);
+    const trial = (await t.api('GET', '/v1/ledger/trial_balance')).body;
+    assert.ok(trial.currencies.every((c: any) => c.balanced), JSON.stringify(trial));
+    const tr = await t.svc.pool.query('SELECT from_status, to_status FROM refund_transitions WHERE refund_id = $1 ORDER BY id', [refund.body.id]);
+    assert.deepEqual(tr.rows.map((r) => `${r.from_status}→${r.to_status}`), ['none→pending', 'pending→succeeded', 'succeeded→failed']);
+
+    // Stripe sends its events again: nothing changes a second time.
+    const genuine = await t.svc.pool.query(
+      `SELECT headers, raw_body, outcome FROM channel_notifications
+        WHERE channel = 'stripe' AND raw_body LIKE '%' || $1 || '%' AND raw_body LIKE '%"status": "failed"%' ORDER BY id`, [succeededRefund.channel_refund_id]);
+    assert.ok(genuine.rows.length >= 1, 'the refund events arrived');
+    assert.equal(genuine.rows.filter((r) => r.outcome === 'applied').length, 1, `one of them applied: ${genuine.rows.map((r) => r.outcome)}`);
+    const fwd: Record<string, string> = {};
+    for (const [k, v] of Object.entries(genuine.rows[0].headers as Record<string, string>)) if (!['content-length', 'host', 'connection', 'transfer-encoding'].includes(k)) fwd[k] = String(v);
+    const replay = await t.raw('POST', '/v1/notify/stripe', genuine.rows[0].raw_body, fwd);
+    assert.ok(replay.status < 300, `replay answered ${replay.status}`);
+    const again = (await t.api('GET', `/v1/ledger/entries?reference=${refund.body.id}&limit=10`)).body.data;
+    assert.equal(again.filter((e: any) => e.kind === 'refund_failure').length, 1);
+    assert.equal(await balance(), paidBalance);
+
+    // The failed refund no longer counts against the payment: the whole amount can be refunded again.
+    const second = await t.api('POST', '/v1/refunds', { payment_id: pay.id, amount: 1500 });
+    assert.equal(second.status, 200, second.text);
+    const over = await t.api('POST', '/v1/refunds', { payment_id: pay.id, amount: 1 });
+    assert.equal(over.status, 400, 'nothing left beyond the second refund');
+  });
+});
