@@ -222,6 +222,54 @@ export async function getReconciliation(db: Queryable, id: string) {
   return { id: r.id, object: 'reconciliation', channel: r.channel, bill_date: r.bill_date, source: r.source, status: r.status, summary: r.summary, failure: r.failure, created: Math.floor(r.created_at.getTime() / 1000) };
 }
 
+const validDate = (d: string) => /^\d{4}-\d{2}-\d{2}$/.test(d) && !Number.isNaN(Date.parse(d));
+
+/** Reconciliation runs, newest first, optionally of one bill day and/or channel. */
+export async function listReconciliations(db: Queryable, q: { limit: number; starting_after?: string; bill_date?: string; channel?: string }) {
+  if (q.bill_date !== undefined && !validDate(q.bill_date)) throw invalid('bill_date_invalid', 'bill_date must be YYYY-MM-DD', 'bill_date');
+  const params: unknown[] = [];
+  const where: string[] = [];
+  if (q.bill_date) { params.push(q.bill_date); where.push(`bill_date = $${params.length}`); }
+  if (q.channel) { params.push(q.channel); where.push(`channel = $${params.length}`); }
+  if (q.starting_after) { params.push(q.starting_after); where.push(`id < $${params.length}`); }
+  params.push(q.limit + 1);
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT id FROM reconciliations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT $${params.length}`, params);
+  const data = [];
+  for (const r of rows.slice(0, q.limit)) data.push(await getReconciliation(db, r.id));
+  return { object: 'list' as const, data, has_more: rows.length > q.limit };
+}
+
+/**
+ * The day's summary across channels: for each channel, its latest completed run of that bill day,
+ * the exceptions still open (not healed, accepted or ignored), and the totals of those runs.
+ */
+export async function dailySummary(db: Queryable, billDate: string) {
+  if (!validDate(billDate)) throw invalid('bill_date_invalid', 'bill_date must be YYYY-MM-DD', 'bill_date');
+  const { rows } = await db.query<{ id: string; channel: string; summary: Record<string, number>; open: string; completed_at: Date }>(
+    `SELECT DISTINCT ON (r.channel) r.id, r.channel, r.summary, r.completed_at,
+            (SELECT count(*) FROM recon_exceptions x WHERE x.recon_id = r.id AND x.resolution = 'open' AND x.kind <> 'expected') AS open
+       FROM reconciliations r
+      WHERE r.bill_date = $1 AND r.status = 'completed'
+      ORDER BY r.channel, r.completed_at DESC, r.id DESC`,
+    [billDate],
+  );
+  const { rows: failed } = await db.query<{ channel: string; failure: string | null }>(
+    `SELECT DISTINCT ON (channel) channel, failure FROM reconciliations WHERE bill_date = $1 AND status = 'failed' ORDER BY channel, created_at DESC`, [billDate]);
+  const totals: Record<string, number> = {};
+  const channels = rows.map((r) => {
+    for (const [k, v] of Object.entries(r.summary ?? {})) if (typeof v === 'number') totals[k] = (totals[k] ?? 0) + v;
+    totals['open_exceptions'] = (totals['open_exceptions'] ?? 0) + Number(r.open);
+    return { channel: r.channel, reconciliation_id: r.id, completed: Math.floor(r.completed_at.getTime() / 1000), summary: r.summary, open_exceptions: Number(r.open) };
+  });
+  const reconciled = new Set(rows.map((r) => r.channel));
+  return {
+    object: 'reconciliation_daily_summary', bill_date: billDate, channels, totals,
+    // A channel whose only runs of the day failed: named, so a missing bill is not silently absent.
+    failed: failed.filter((f) => !reconciled.has(f.channel)).map((f) => ({ channel: f.channel, failure: f.failure })),
+  };
+}
+
 interface ExceptionRow {
   id: string; kind: string; channel_reference: string | null; line_no: number | null; payment_id: string | null; refund_id: string | null;
   expected_amount: string | null; actual_amount: string | null; evidence: unknown; resolution: string; resolution_reason: string | null;

@@ -37,6 +37,8 @@ before(async () => {
 after(async () => { await t.raw('DELETE', '/sandbox/faults', undefined); await t.stop(); });
 
 interface Paid { order: any; payment: any; sim: any; fee: bigint }
+/** The bill day each channel's test reconciled (the summary test reads them back, whatever the clock did since). */
+const billDays: Record<string, string> = {};
 
 async function paidOrder(d: Driver, customer: string, lose = false): Promise<Paid> {
   const o = (await t.api('POST', '/v1/orders', { customer_id: customer, currency: d.currency, client_platform: d.platform, items: [{ product_id: product.id }] })).body;
@@ -122,6 +124,7 @@ for (const spec of SPECS) {
     const foreign = `KPNOTOURS${tag.toUpperCase().replace(/[^A-Z]/g, '')}0000000001`.slice(0, 32);
     const file = path.join(os.tmpdir(), `bill-${tag}-${Date.now()}`);
     const billDate = dayIn(spec.timeZoneHours);
+    billDays[d.channel] = billDate;
     await spec.write(file, [
       ...good.map((g) => ({ paid: g, amount: BigInt(g.payment.amount), fee: g.fee })),
       { paid: lost, amount: BigInt(lost.payment.amount), fee },
@@ -198,6 +201,7 @@ test("apple_iap: the day's notification history with a lost notification, an amo
   const differs = await paidOrder(d, 'apple_differs');
   const onlyOurs = await paidOrder(d, 'apple_only_ours');
   const billDate = dayIn(0);
+  billDays.apple_iap = billDate;
   const downloaded = path.join(os.tmpdir(), `apple-history-${Date.now()}`);
   const file = `${downloaded}.planted`;
   try {
@@ -264,6 +268,7 @@ test("google_play: a day's earnings report with a lost notification, an amount t
   for (const g of [...good, differs]) assert.equal(g.payment.channel_transaction_id, g.sim.order_id, 'the Play order id is kept on the payment');
   assert.match(lost.sim.order_id, /^GPA\./);
   const billDate = new Intl.DateTimeFormat('en-CA', { timeZone: 'America/Los_Angeles' }).format(new Date());
+  billDays.google_play = billDate;
   const file = path.join(os.tmpdir(), `google-earnings-${Date.now()}.zip`);
   const packageName = lost.sim.package_name ?? 'com.knowpay.sandbox';
   const rows = (x: Paid, amount: bigint) => googlePlayOrderRows({
@@ -310,5 +315,47 @@ test("google_play: a day's earnings report with a lost notification, an amount t
     assert.deepEqual(ex2.filter((x: any) => refs.has(x.channel_reference) && x.kind !== 'expected'), []);
   } finally {
     fs.rmSync(file, { force: true });
+  }
+});
+
+test("the day's summary across channels, and the list of runs", async () => {
+  // Each channel's run is under its own bill day (Beijing for WeChat, Pacific for Google Play).
+  for (const ch of ['wechatpay', 'stripe', 'paypal', 'apple_iap', 'google_play']) {
+    const s = await t.api('GET', `/v1/reconciliations/daily_summary?bill_date=${billDays[ch]}`);
+    assert.ok(s.body.channels.some((c: any) => c.channel === ch), `${ch} under ${billDays[ch]}: ${JSON.stringify(s.body)}`);
+  }
+  const day = billDays.stripe!;
+  const r = await t.api('GET', `/v1/reconciliations/daily_summary?bill_date=${day}`);
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.object, 'reconciliation_daily_summary');
+  const byChannel = Object.fromEntries(r.body.channels.map((c: any) => [c.channel, c]));
+  // Stripe's one run: the amount that differs, the line only theirs, the line only ours stay open
+  // (the last one is 'expected', not open, in the day's last half hour); the healed one does not.
+  const st = byChannel.stripe.summary;
+  assert.deepEqual([st.amount_mismatch, st.missing_in_ledger, st.missing_in_channel + st.expected], [1, 1, 1]);
+  assert.equal(byChannel.stripe.open_exceptions, 2 + st.missing_in_channel);
+  assert.equal(byChannel.stripe.summary.healed, 1);
+  const sum = (k: string) => r.body.channels.reduce((s: number, c: any) => s + (c.summary[k] ?? 0), 0);
+  assert.equal(r.body.totals.lines, sum('lines'));
+  assert.equal(r.body.totals.open_exceptions, r.body.channels.reduce((s: number, c: any) => s + c.open_exceptions, 0));
+  // Apple ran twice today (upload, then download): the summary names the latest.
+  const appleDay = billDays.apple_iap!;
+  const appleSummary = (await t.api('GET', `/v1/reconciliations/daily_summary?bill_date=${appleDay}`)).body.channels.find((c: any) => c.channel === 'apple_iap');
+  const apple = await t.api('GET', `/v1/reconciliations?channel=apple_iap&bill_date=${appleDay}&limit=10`);
+  assert.equal(apple.status, 200, apple.text);
+  assert.equal(apple.body.data.length, 2);
+  assert.equal(appleSummary.reconciliation_id, apple.body.data[0].id);
+  assert.equal(apple.body.data[0].source, 'download');
+  const page = await t.api('GET', `/v1/reconciliations?channel=apple_iap&bill_date=${appleDay}&limit=1`);
+  assert.equal(page.body.has_more, true);
+  const next = await t.api('GET', `/v1/reconciliations?channel=apple_iap&bill_date=${appleDay}&limit=1&starting_after=${page.body.data[0].id}`);
+  assert.deepEqual([next.body.data[0].id, next.body.has_more], [apple.body.data[1].id, false]);
+
+  const empty = await t.api('GET', '/v1/reconciliations/daily_summary?bill_date=2001-01-01');
+  assert.deepEqual([empty.status, empty.body.channels, empty.body.failed], [200, [], []]);
+  for (const bad of ['/v1/reconciliations/daily_summary', '/v1/reconciliations/daily_summary?bill_date=22-11-2026', '/v1/reconciliations?bill_date=yesterday']) {
+    const x = await t.api('GET', bad);
+    assert.equal(x.status, 400, `${bad}: ${x.text}`);
+    assert.ok(x.body.error.code, x.text);
   }
 });

@@ -11,7 +11,7 @@ import { Transform, type Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
 import type { AppContext } from '../context.ts';
 import { ApiError, invalid } from '../../domain/errors.ts';
-import { getReconciliation, listExceptions, reconcileFromChannel, resolveException, runReconciliation } from '../../reconciliation/reconcile.ts';
+import { dailySummary, getReconciliation, listExceptions, listReconciliations, reconcileFromChannel, resolveException, runReconciliation } from '../../reconciliation/reconcile.ts';
 import { BILL_READERS } from '../../reconciliation/readers.ts';
 import type { ChannelName } from '../../channels/types.ts';
 
@@ -55,6 +55,18 @@ export const reconciliationRoutes: FastifyPluginAsync<{ ctx: AppContext }> = asy
     } finally {
       fs.rmSync(file, { force: true });
     }
+  });
+  app.get<{ Querystring: { limit?: string; starting_after?: string; bill_date?: string; channel?: string } }>('/v1/reconciliations', {
+    schema: { tags: ['reconciliation'], description: 'Runs, newest first; filter by bill_date and channel.' },
+  }, async (req) => {
+    const limit = Math.min(Math.max(Number(req.query.limit ?? 10) || 10, 1), 100);
+    return listReconciliations(ctx.db, { limit, starting_after: req.query.starting_after, bill_date: req.query.bill_date, channel: req.query.channel });
+  });
+  app.get<{ Querystring: { bill_date?: string } }>('/v1/reconciliations/daily_summary', {
+    schema: { tags: ['reconciliation'], description: "A bill day across channels: each channel's latest completed run, its open exceptions, totals, and channels whose runs failed." },
+  }, async (req) => {
+    if (!req.query.bill_date) throw invalid('parameter_missing', 'bill_date (YYYY-MM-DD) is required', 'bill_date');
+    return dailySummary(ctx.db, req.query.bill_date);
   });
   app.get<{ Params: { id: string } }>('/v1/reconciliations/:id', { schema: { tags: ['reconciliation'] } }, async (req) => getReconciliation(ctx.db, req.params.id));
   app.get<{ Params: { id: string }; Querystring: { limit?: string; starting_after?: string; kind?: string } }>('/v1/reconciliations/:id/exceptions', { schema: { tags: ['reconciliation'] } }, async (req) => {
