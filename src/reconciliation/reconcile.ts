@@ -116,14 +116,15 @@ async function classify(db: Pool, id: string, channel: ChannelName, billDate: st
      SELECT $1,
             CASE WHEN p.id IS NULL THEN 'missing_in_ledger'
                  WHEN p.status <> 'succeeded' THEN 'status_mismatch'
-                 WHEN p.amount <> l.amount THEN 'amount_mismatch'
+                 WHEN p.amount <> l.amount OR p.currency <> l.currency THEN 'amount_mismatch'
                  ELSE 'fee_mismatch' END,
             nullif(l.channel_reference, ''), l.line_no, p.id, p.amount, l.amount,
-            jsonb_build_object('bill_fee', l.fee, 'ledger_fee', p.fee_amount, 'our_status', p.status, 'channel_transaction_id', l.channel_transaction_id)
+            jsonb_build_object('bill_fee', l.fee, 'ledger_fee', p.fee_amount, 'our_status', p.status, 'channel_transaction_id', l.channel_transaction_id,
+                               'bill_currency', l.currency, 'our_currency', p.currency)
        FROM recon_lines l
        LEFT JOIN payments p ON p.channel = $2 AND p.channel_reference = l.channel_reference AND l.channel_reference <> ''
       WHERE l.recon_id = $1 AND l.kind = 'payment'
-        AND (p.id IS NULL OR p.status <> 'succeeded' OR p.amount <> l.amount OR l.fee <> coalesce(p.fee_amount, 0))`,
+        AND (p.id IS NULL OR p.status <> 'succeeded' OR p.amount <> l.amount OR p.currency <> l.currency OR l.fee <> coalesce(p.fee_amount, 0))`,
     [id, channel],
   );
   // Refund lines against our refunds.
@@ -133,7 +134,7 @@ async function classify(db: Pool, id: string, channel: ChannelName, billDate: st
             nullif(l.channel_reference, ''), l.line_no, r.id, r.amount, l.amount,
             jsonb_build_object('refund_reference', l.refund_reference, 'our_status', r.status, 'channel_transaction_id', l.channel_transaction_id)
        FROM recon_lines l LEFT JOIN refunds r ON r.refund_reference = l.refund_reference
-      WHERE l.recon_id = $1 AND l.kind = 'refund' AND (r.id IS NULL OR r.status <> 'succeeded' OR r.amount <> l.amount)`,
+      WHERE l.recon_id = $1 AND l.kind = 'refund' AND (r.id IS NULL OR r.status <> 'succeeded' OR r.amount <> l.amount OR r.currency <> l.currency)`,
     [id],
   );
   // Our successes of that day that the bill lacks: an exception, or expected near the day's end.

@@ -373,7 +373,9 @@ test('a storage outage and a download broken off are retryable; an object that i
     if (mode === 'cut') {
       res.writeHead(200, { 'content-type': 'application/zip', 'content-length': '100000' });
       res.write(Buffer.alloc(1000, 1));
-      setTimeout(() => res.destroy(), 20);
+      // Cut after the client has the headers; on a loaded machine the cut may still come first,
+      // which is the same failure seen earlier (no answer at all): retryable either way.
+      setTimeout(() => res.destroy(), 100);
       return;
     }
     res.writeHead(200, { 'content-type': 'application/zip' }).end(fs.readFileSync(alipayZip));
@@ -385,7 +387,7 @@ test('a storage outage and a download broken off are retryable; an object that i
     const elsewhere = createGooglePlayConnector({ ...sandboxConfig(), storageRootUrl: `http://127.0.0.1:${(storage.address() as net.AddressInfo).port}/` });
     await rejectsWith(elsewhere.downloadBill!({ billDate: day(0), destination: newFile() }), 'http_error', true, /HTTP 503 .*Backend Error/);
     mode = 'cut';
-    await rejectsWith(elsewhere.downloadBill!({ billDate: day(0), destination: newFile() }), 'transport_error', true, /broke off/);
+    await rejectsWith(elsewhere.downloadBill!({ billDate: day(0), destination: newFile() }), 'transport_error', true, /broke off|unreachable/);
     mode = 'alipay';
     const dest = newFile();
     await rejectsWith(elsewhere.downloadBill!({ billDate: day(0), destination: dest }), 'invalid_response', false, /is not a Google Play earnings report: the zip holds 2 CSV files/);

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { BillFormatError, type BillLine } from '../../reconciliation/types.ts';
-import { MAX_BILL_LINE_CHARS, readStripeBill, writeStripeBill } from './bill.ts';
+import { feeInPresentment, MAX_BILL_LINE_CHARS, rateFraction, readStripeBill, writeStripeBill } from './bill.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stripe-bill-test-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -172,3 +172,48 @@ test('reader streams: 50,000 lines written from a generator are read back in one
   assert.equal(lines, count);
   assert.equal(total, expected);
 });
+
+describeCrossCurrency();
+function describeCrossCurrency() {
+  const charge = (id: string, o: Record<string, unknown>, source: Record<string, unknown>) => JSON.stringify({
+    id, object: 'balance_transaction', fee_details: [], status: 'pending', created: T, type: 'charge', reporting_category: 'charge', ...o,
+    source: { id: `ch_${id.slice(4)}`, object: 'charge', payment_intent: `pi_${id.slice(4)}`, metadata: { knowpay_reference: `KP${id.slice(4)}` }, ...source },
+  });
+  test('reader: a charge settled in another currency carries what the buyer paid, and the fee at the same rate', async () => {
+    const lines = await readAll(file([
+      // EUR 14.00 settled as USD 15.23 (rate 1.0879), fee USD 0.74 → EUR 0.68.
+      charge('txn_Eur1', { amount: 1523, fee: 74, net: 1449, currency: 'usd', exchange_rate: 1.0879 }, { amount: 1400, currency: 'eur' }),
+      // JPY 2000 (zero-decimal) settled as USD 13.36 (rate 0.00668), fee USD 0.69 → JPY 103.
+      charge('txn_Jpy1', { amount: 1336, fee: 69, net: 1267, currency: 'usd', exchange_rate: 0.00668 }, { amount: 2000, currency: 'jpy' }),
+      // Same currency: exchange_rate null, the line as booked.
+      charge('txn_Usd1', { amount: 1500, fee: 74, net: 1426, currency: 'usd', exchange_rate: null }, { amount: 1500, currency: 'usd' }),
+      // A refund of EUR 5.00 booked as USD −5.44.
+      JSON.stringify({ id: 'txn_Ref1', object: 'balance_transaction', amount: -544, fee: 0, net: -544, currency: 'usd', exchange_rate: 1.0879, type: 'refund', created: T,
+        source: { id: 're_1', object: 'refund', amount: 500, currency: 'eur', payment_intent: 'pi_Eur1', metadata: { knowpay_reference: 'KPEur1', knowpay_refund_reference: 'KPR1' } } }),
+    ].join('\n') + '\n'));
+    assert.deepEqual(lines.map((l) => [l.kind, l.channelReference, l.amount, l.fee, l.currency]), [
+      ['payment', 'KPEur1', 1400n, 68n, 'EUR'],
+      ['payment', 'KPJpy1', 2000n, 103n, 'JPY'],
+      ['payment', 'KPUsd1', 1500n, 74n, 'USD'],
+      ['refund', 'KPEur1', 500n, 0n, 'EUR'],
+    ]);
+  });
+  test('reader: a cross-currency line without a usable exchange_rate, or with a bad source amount, is refused', async () => {
+    await refuses(file(charge('txn_Eur2', { amount: 1523, fee: 74, currency: 'usd', exchange_rate: null }, { amount: 1400, currency: 'eur' }) + '\n'), /exchange_rate/);
+    await refuses(file(charge('txn_Eur3', { amount: 1523, fee: 74, currency: 'usd', exchange_rate: -1 }, { amount: 1400, currency: 'eur' }) + '\n'), /exchange_rate/);
+    await refuses(file(charge('txn_Eur4', { amount: 1523, fee: 74, currency: 'usd', exchange_rate: '1.08' }, { amount: 1400, currency: 'eur' }) + '\n'), /exchange_rate/);
+    await refuses(file(charge('txn_Eur5', { amount: 1523, fee: 74, currency: 'usd', exchange_rate: 1.0879 }, { amount: 14.5, currency: 'eur' }) + '\n'), /source's amount/);
+    await refuses(file(charge('txn_Eur6', { amount: 1523, fee: 74, currency: 'usd', exchange_rate: 1.0879 }, { amount: -1, currency: 'eur' }) + '\n'), /source's amount/);
+  });
+  test('fee conversion is exact decimal arithmetic, half up', () => {
+    assert.deepEqual(rateFraction(1.0879), { num: 10879n, den: 10000n });
+    assert.deepEqual(rateFraction(2), { num: 2n, den: 1n });
+    assert.deepEqual(rateFraction(1e-7), { num: 1n, den: 10000000n });
+    for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) assert.equal(rateFraction(bad), null);
+    // 0.5 of a minor unit rounds up; just below rounds down.
+    assert.equal(feeInPresentment(1n, 'USD', 'EUR', { num: 2n, den: 1n }), 1n);
+    assert.equal(feeInPresentment(1n, 'USD', 'EUR', { num: 3n, den: 1n }), 0n);
+    assert.equal(feeInPresentment(100n, 'USD', 'JPY', { num: 1n, den: 150n }), 150n);
+    assert.equal(feeInPresentment(150n, 'JPY', 'USD', { num: 150n, den: 1n }), 100n);
+  });
+}

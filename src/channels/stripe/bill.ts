@@ -16,13 +16,16 @@
  * its reference, so it shows as "missing in ledger" instead of vanishing.
  * Amounts are in Stripe's units of the balance currency: minor units as they are, zero-decimal
  * currencies included (JPY 500 is 500); ISK, which Stripe keeps in hundredths, is divided back to
- * krónur (transformers.ts). Cross-currency charges are booked in the settlement currency
- * (`exchange_rate` set): the line carries that currency and amount, as Stripe settled them.
+ * krónur (transformers.ts). A cross-currency charge or refund is booked in the settlement currency
+ * with `exchange_rate` (presentment × rate = settlement): the line then carries what the buyer paid
+ * or got back, the source's own amount and currency (which is what our payment records), and the
+ * fee converted back to that currency at the same rate (exact decimal arithmetic, half up).
  */
 import fs from 'node:fs';
 import { finished } from 'node:stream/promises';
 import { BillFormatError, MAX_BILL_LINES, type BillLine } from '../../reconciliation/types.ts';
 import { REFERENCE_METADATA_KEY, REFUND_REFERENCE_METADATA_KEY, stripeCurrency, stripeUnitFactor } from './transformers.ts';
+import { currencyExponent } from '../../domain/money.ts';
 
 /** An expanded balance transaction with charge, PaymentIntent and refund is a few kB; 1 MiB is far beyond any real one. */
 export const MAX_BILL_LINE_CHARS = 1024 * 1024;
@@ -56,6 +59,41 @@ function idOf(v: unknown): string | undefined {
   if (typeof v === 'string' && v !== '') return v;
   if (isObject(v) && typeof v['id'] === 'string' && v['id'] !== '') return v['id'];
   return undefined;
+}
+
+/** Stripe's exchange_rate (a JSON number such as 1.0877) as an exact fraction num/den. */
+export function rateFraction(rate: number): { num: bigint; den: bigint } | null {
+  if (typeof rate !== 'number' || !Number.isFinite(rate) || rate <= 0) return null;
+  const m = /^(\d+)(?:\.(\d+))?(?:e([+-]?\d+))?$/i.exec(String(rate));
+  if (!m) return null;
+  const frac = m[2] ?? '';
+  let num = BigInt(m[1]! + frac);
+  let den = 10n ** BigInt(frac.length);
+  const e = Number(m[3] ?? 0);
+  if (Math.abs(e) > 30) return null;
+  if (e > 0) num *= 10n ** BigInt(e); else if (e < 0) den *= 10n ** BigInt(-e);
+  return num > 0n ? { num, den } : null;
+}
+
+/** A settlement-currency fee (our minor units) in the presentment currency: fee / rate, half up. */
+export function feeInPresentment(feeSettlement: bigint, settlementCurrency: string, presentmentCurrency: string, rate: { num: bigint; den: bigint }): bigint {
+  const numerator = feeSettlement * 10n ** BigInt(currencyExponent(presentmentCurrency)) * rate.den;
+  const denominator = 10n ** BigInt(currencyExponent(settlementCurrency)) * rate.num;
+  return (numerator * 2n + denominator) / (2n * denominator);
+}
+
+/**
+ * For a line booked in another currency than its source's: the source's amount and currency, and
+ * the fee at the line's exchange rate. Null when the source is in the balance currency.
+ */
+function presentment(o: Json, source: Json, balanceCurrency: string, fee: bigint, where: string): { amount: bigint; fee: bigint; currency: string } | null {
+  const cur = typeof source['currency'] === 'string' ? stripeCurrency(source['currency'].toUpperCase()) : null;
+  if (!cur || cur === balanceCurrency) return null;
+  const amount = source['amount'];
+  if (typeof amount !== 'number' || !Number.isSafeInteger(amount) || amount < 0) throw new BillFormatError(`${where}: the source's amount is not a non-negative integer`);
+  const rate = rateFraction(o['exchange_rate'] as number);
+  if (!rate) throw new BillFormatError(`${where}: booked in ${balanceCurrency} for a ${cur} source without a usable exchange_rate`);
+  return { amount: exact(amount, stripeUnitFactor(cur), where), fee: feeInPresentment(fee, balanceCurrency, cur, rate), currency: cur };
 }
 
 /** One JSON Lines record → a BillLine, or null for a type that is not a payment or refund. */
@@ -105,9 +143,11 @@ function toBillLine(text: string, lineNo: number): BillLine | null {
     const txId = piId ?? idOf(source);
     const reference = metadataValue(source, REFERENCE_METADATA_KEY) ?? metadataValue(pi, REFERENCE_METADATA_KEY) ?? txId;
     if (!reference) throw new BillFormatError(`${where}: the source has neither our reference nor an id`);
+    const settled = { amount: exact(amount, factor, where), fee: rounded(fee, factor), currency };
+    const paid = presentment(o, source, currency, settled.fee, where) ?? settled;
     return {
       lineNo, kind: 'payment', channelReference: reference, ...(txId ? { channelTransactionId: txId } : {}),
-      amount: exact(amount, factor, where), fee: rounded(fee, factor), currency, ...(occurredAt ? { occurredAt } : {}),
+      amount: paid.amount, fee: paid.fee, currency: paid.currency, ...(occurredAt ? { occurredAt } : {}),
     };
   }
 
@@ -119,7 +159,9 @@ function toBillLine(text: string, lineNo: number): BillLine | null {
   return {
     lineNo, kind: 'refund', channelReference: reference, ...(refundId ? { channelTransactionId: refundId } : {}),
     ...(refundReference ? { refundReference } : {}),
-    amount: exact(-amount, factor, where), fee: rounded(fee < 0 ? -fee : fee, factor), currency, ...(occurredAt ? { occurredAt } : {}),
+    ...(presentment(o, source, currency, rounded(fee < 0 ? -fee : fee, factor), where)
+      ?? { amount: exact(-amount, factor, where), fee: rounded(fee < 0 ? -fee : fee, factor), currency }),
+    ...(occurredAt ? { occurredAt } : {}),
   };
 }
 
