@@ -33,7 +33,7 @@
  * for de-duplication (16 bytes each).
  */
 import fs from 'node:fs';
-import { once } from 'node:events';
+import { writeJsonLines } from '../../reconciliation/json-lines.ts';
 import { currencyExponent, MAX_AMOUNT_MINOR, normalizeCurrency } from '../../domain/money.ts';
 import { BillFormatError, MAX_BILL_LINES, type BillLine } from '../../reconciliation/types.ts';
 import {
@@ -236,19 +236,6 @@ export function appleHistoryItem(signedPayload: string, sendAttempts: AppleSendA
 }
 
 /** Write items as JSON Lines to `path` (streamed, with backpressure). */
-export async function writeAppleBill(path: string, items: Iterable<AppleHistoryItem> | AsyncIterable<AppleHistoryItem>): Promise<number> {
-  const out = fs.createWriteStream(path);
-  let n = 0;
-  try {
-    for await (const item of items) {
-      n++;
-      if (!out.write(JSON.stringify(item) + '\n')) await once(out, 'drain');
-    }
-    out.end();
-    await once(out, 'finish');
-  } catch (err) {
-    out.destroy();
-    throw err;
-  }
-  return n;
+export function writeAppleBill(path: string, items: Iterable<AppleHistoryItem> | AsyncIterable<AppleHistoryItem>): Promise<number> {
+  return writeJsonLines(path, items);
 }

@@ -15,7 +15,7 @@
  * Reading streams with a bounded line length, so memory stays constant whatever the size.
  */
 import fs from 'node:fs';
-import { once } from 'node:events';
+import { writeJsonLines } from '../../reconciliation/json-lines.ts';
 import { formatDecimal, normalizeCurrency, parseDecimal } from '../../domain/money.ts';
 import { BillFormatError, MAX_BILL_LINES, type BillLine } from '../../reconciliation/types.ts';
 
@@ -191,19 +191,6 @@ export function paypalTransactionDetail(r: PayPalBillRow): PayPalTransactionDeta
 }
 
 /** Write items as JSON Lines to `path` (streamed, with backpressure). */
-export async function writePaypalBill(path: string, items: Iterable<PayPalTransactionDetail> | AsyncIterable<PayPalTransactionDetail>): Promise<number> {
-  const out = fs.createWriteStream(path);
-  let n = 0;
-  try {
-    for await (const item of items) {
-      n++;
-      if (!out.write(JSON.stringify(item) + '\n')) await once(out, 'drain');
-    }
-    out.end();
-    await once(out, 'finish');
-  } catch (err) {
-    out.destroy();
-    throw err;
-  }
-  return n;
+export function writePaypalBill(path: string, items: Iterable<PayPalTransactionDetail> | AsyncIterable<PayPalTransactionDetail>): Promise<number> {
+  return writeJsonLines(path, items);
 }
