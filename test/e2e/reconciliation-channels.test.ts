@@ -54,6 +54,34 @@ async function paidOrder(d: Driver, customer: string, lose = false): Promise<Pai
   return { order: o, payment: (await t.api('GET', `/v1/payments/${p.id}`)).body, sim: res.body, fee: BigInt(rows[0].fee_amount ?? 0) };
 }
 
+interface Planted { good: Paid[]; lost: Paid; differs: Paid; onlyOurs: Paid; customerOfLost: string }
+
+/**
+ * What every channel's planted day must show: exactly the four kinds among our trades' exceptions,
+ * the amount that differs by one minor unit, the lost notification healed (order paid, access
+ * granted), the only-ours payment missing in the channel (or expected in the day's last half hour),
+ * and no exception for the good trades. Answers the exceptions by kind for channel-specific checks.
+ */
+async function expectPlanted(up: any, here: any[], all: any[], x: Planted, lateInDay: boolean): Promise<Record<string, any>> {
+  assert.deepEqual(here.map((e: any) => e.kind).sort(),
+    ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
+  assert.equal(up.body.summary.healed, 1);
+  const byKind = Object.fromEntries(here.map((e: any) => [e.kind, e]));
+  assert.equal(byKind.amount_mismatch.channel_reference, x.differs.payment.channel_reference);
+  assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [x.differs.payment.amount, x.differs.payment.amount - 1]);
+  assert.equal(byKind.status_mismatch.channel_reference, x.lost.payment.channel_reference);
+  assert.equal(byKind.status_mismatch.resolution, 'healed');
+  assert.equal(byKind.missing_in_ledger.resolution, 'open');
+  assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, x.onlyOurs.payment.channel_reference);
+  // The good lines matched: no exception names them.
+  for (const g of x.good) assert.ok(!all.some((e: any) => e.channel_reference === g.payment.channel_reference));
+  // The lost notification was healed: the order is paid, the buyer has access.
+  assert.equal((await t.api('GET', `/v1/orders/${x.lost.order.id}`)).body.status, 'paid');
+  const access = await t.api('GET', `/v1/customers/${x.customerOfLost}/access/${product.id}`);
+  assert.equal(access.body.has_access, true, access.text);
+  return byKind;
+}
+
 interface BillSpec {
   key: string;
   timeZoneHours: number;
@@ -139,25 +167,10 @@ for (const spec of SPECS) {
       const ex = (await t.api('GET', `/v1/reconciliations/${up.body.id}/exceptions?limit=100`)).body.data;
       const mine = new Set([...good, lost, differs, onlyOurs].map((x) => x.payment.channel_reference).concat(foreign));
       const here = ex.filter((x: any) => mine.has(x.channel_reference));
-      const byKind = Object.fromEntries(here.map((x: any) => [x.kind, x]));
       const minutes = (Date.now() / 60_000 + spec.timeZoneHours * 60) % 1440;
-      const lateInDay = minutes > 1440 - 31;
-      assert.deepEqual(here.map((x: any) => x.kind).sort(),
-        ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
       assert.equal(up.body.summary.lines, 6);
-      assert.equal(up.body.summary.healed, 1);
-      assert.equal(byKind.amount_mismatch.channel_reference, differs.payment.channel_reference);
-      assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [differs.payment.amount, differs.payment.amount - 1]);
-      assert.equal(byKind.status_mismatch.channel_reference, lost.payment.channel_reference);
-      assert.equal(byKind.status_mismatch.resolution, 'healed');
+      const byKind = await expectPlanted(up, here, ex, { good, lost, differs, onlyOurs, customerOfLost: `${tag}_lost` }, minutes > 1440 - 31);
       assert.equal(byKind.missing_in_ledger.channel_reference, foreign);
-      assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, onlyOurs.payment.channel_reference);
-      // The good lines matched: no exception names them.
-      for (const g of good) assert.ok(!ex.some((x: any) => x.channel_reference === g.payment.channel_reference));
-      // The lost notification was healed: the order is paid, the buyer has access.
-      assert.equal((await t.api('GET', `/v1/orders/${lost.order.id}`)).body.status, 'paid');
-      const access = await t.api('GET', `/v1/customers/${tag}_lost/access/${product.id}`);
-      assert.equal(access.body.has_access, true, access.text);
     } finally {
       fs.rmSync(file, { force: true });
     }
@@ -229,20 +242,8 @@ test("apple_iap: the day's notification history with a lost notification, an amo
     const ex = (await t.api('GET', `/v1/reconciliations/${up.body.id}/exceptions?limit=100`)).body.data;
     const mine = new Set([...good, lost, differs, onlyOurs].map((x) => x.payment.channel_reference).concat(foreignRef));
     const here = ex.filter((x: any) => mine.has(x.channel_reference));
-    const byKind = Object.fromEntries(here.map((x: any) => [x.kind, x]));
-    const lateInDay = (Date.now() / 60_000) % 1440 > 1440 - 31;
-    assert.deepEqual(here.map((x: any) => x.kind).sort(),
-      ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
-    assert.equal(up.body.summary.healed, 1);
-    assert.equal(byKind.amount_mismatch.channel_reference, differs.payment.channel_reference);
-    assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [differs.payment.amount, differs.payment.amount - 1]);
-    assert.equal(byKind.status_mismatch.channel_reference, lost.payment.channel_reference);
-    assert.equal(byKind.status_mismatch.resolution, 'healed');
+    const byKind = await expectPlanted(up, here, ex, { good, lost, differs, onlyOurs, customerOfLost: 'apple_lost' }, (Date.now() / 60_000) % 1440 > 1440 - 31);
     assert.equal(byKind.missing_in_ledger.channel_reference, foreignRef);
-    assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, onlyOurs.payment.channel_reference);
-    for (const g of good) assert.ok(!ex.some((x: any) => x.channel_reference === g.payment.channel_reference));
-    assert.equal((await t.api('GET', `/v1/orders/${lost.order.id}`)).body.status, 'paid');
-    assert.equal((await t.api('GET', `/v1/customers/apple_lost/access/${product.id}`)).body.has_access, true);
 
     // Downloaded from Apple over the API, the same day has no exception for these trades any more.
     const again = await t.api('POST', '/v1/reconciliations', { channel: 'apple_iap', bill_date: billDate });
@@ -288,25 +289,12 @@ test("google_play: a day's earnings report with a lost notification, an amount t
     const ex = (await t.api('GET', `/v1/reconciliations/${up.body.id}/exceptions?limit=100`)).body.data;
     const refs = new Set([...good, lost, differs, onlyOurs].map((x) => x.payment.channel_reference));
     const here = ex.filter((x: any) => refs.has(x.channel_reference) || x.evidence?.channel_transaction_id === foreignOrder);
-    const byKind = Object.fromEntries(here.map((x: any) => [x.kind, x]));
     const laMinutes = (() => { const [h, m] = new Intl.DateTimeFormat('en-GB', { timeZone: 'America/Los_Angeles', hour: '2-digit', minute: '2-digit', hour12: false }).format(new Date()).split(':'); return Number(h) * 60 + Number(m); })();
-    const lateInDay = laMinutes > 1440 - 31;
-    assert.deepEqual(here.map((x: any) => x.kind).sort(),
-      ['amount_mismatch', 'missing_in_ledger', lateInDay ? 'expected' : 'missing_in_channel', 'status_mismatch'].sort(), JSON.stringify(here));
     assert.equal(up.body.summary.lines, 6);
-    assert.equal(up.body.summary.healed, 1);
-    assert.equal(byKind.amount_mismatch.channel_reference, differs.payment.channel_reference);
-    assert.deepEqual([byKind.amount_mismatch.expected_amount, byKind.amount_mismatch.actual_amount], [differs.payment.amount, differs.payment.amount - 1]);
+    const byKind = await expectPlanted(up, here, ex, { good, lost, differs, onlyOurs, customerOfLost: 'google_lost' }, laMinutes > 1440 - 31);
     // The lost one named only Play's order id: looked up with orders.get, found to be ours, healed.
-    assert.equal(byKind.status_mismatch.channel_reference, lost.payment.channel_reference);
-    assert.equal(byKind.status_mismatch.resolution, 'healed');
     assert.equal(byKind.status_mismatch.payment_id, lost.payment.id);
     assert.equal(byKind.missing_in_ledger.channel_reference, null);
-    assert.equal(byKind.missing_in_ledger.resolution, 'open');
-    assert.equal((byKind.missing_in_channel ?? byKind.expected).channel_reference, onlyOurs.payment.channel_reference);
-    for (const g of good) assert.ok(!ex.some((x: any) => x.channel_reference === g.payment.channel_reference));
-    assert.equal((await t.api('GET', `/v1/orders/${lost.order.id}`)).body.status, 'paid');
-    assert.equal((await t.api('GET', `/v1/customers/google_lost/access/${product.id}`)).body.has_access, true);
 
     // Downloaded from the bucket over the API: the same day, our trades all match now.
     const again = await t.api('POST', '/v1/reconciliations', { channel: 'google_play', bill_date: billDate });
