@@ -32,8 +32,7 @@
  * Reading streams with a bounded line length; memory grows only with the notification ids kept
  * for de-duplication (16 bytes each).
  */
-import fs from 'node:fs';
-import { writeJsonLines } from '../../reconciliation/json-lines.ts';
+import { readJsonLines, writeJsonLines } from '../../reconciliation/json-lines.ts';
 import { currencyExponent, MAX_AMOUNT_MINOR, normalizeCurrency } from '../../domain/money.ts';
 import { BillFormatError, MAX_BILL_LINES, type BillLine } from '../../reconciliation/types.ts';
 import {
@@ -186,45 +185,17 @@ function normalise(item: unknown, lineNo: number, where: string, seen: UuidSet):
 
 /** Stream the normalised lines of an Apple bill (JSON Lines of Get Notification History items). */
 export async function* readAppleBill(path: string): AsyncGenerator<BillLine> {
-  const source = fs.createReadStream(path, { encoding: 'utf8', highWaterMark: 256 * 1024 });
   const seen = new UuidSet();
-  let physical = 0;
   let items = 0;
-  let rest = '';
-  const handle = (raw: string): BillLine[] => {
-    physical++;
-    let line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
-    if (physical === 1 && line.charCodeAt(0) === 0xfeff) line = line.slice(1);
-    if (line.trim() === '') return [];
-    let value: unknown;
-    try {
-      value = JSON.parse(line);
-    } catch {
-      throw new BillFormatError(`line ${physical} is not JSON: ${NOT_HISTORY}`);
-    }
+  for await (const { lineNo, value } of readJsonLines(path, { maxLineChars: MAX_APPLE_BILL_LINE_BYTES, what: NOT_HISTORY })) {
     const page = isObject(value) && Array.isArray(value['notificationHistory']) ? (value['notificationHistory'] as unknown[]) : null;
     const list = page ?? [value];
-    const out: BillLine[] = [];
     for (const [i, item] of list.entries()) {
       items++;
       if (items > MAX_BILL_LINES) throw new BillFormatError(`more than ${MAX_BILL_LINES} notifications`);
-      const l = normalise(item, items, page ? `line ${physical}, item ${i + 1}` : `line ${physical}`, seen);
-      if (l) out.push(l);
+      const l = normalise(item, items, page ? `line ${lineNo}, item ${i + 1}` : `line ${lineNo}`, seen);
+      if (l) yield l;
     }
-    return out;
-  };
-  try {
-    for await (const chunk of source as AsyncIterable<string>) {
-      const parts = (rest + chunk).split('\n');
-      rest = parts.pop()!;
-      if (rest.length > MAX_APPLE_BILL_LINE_BYTES) {
-        throw new BillFormatError(`line ${physical + parts.length + 1} is longer than ${MAX_APPLE_BILL_LINE_BYTES} bytes: ${NOT_HISTORY}`);
-      }
-      for (const part of parts) yield* handle(part);
-    }
-    if (rest) yield* handle(rest);
-  } finally {
-    source.destroy();
   }
 }
 

@@ -14,8 +14,7 @@
  *   payments that carry no reference of ours) is not a trade of ours: skipped.
  * Reading streams with a bounded line length, so memory stays constant whatever the size.
  */
-import fs from 'node:fs';
-import { writeJsonLines } from '../../reconciliation/json-lines.ts';
+import { readJsonLines, writeJsonLines } from '../../reconciliation/json-lines.ts';
 import { formatDecimal, normalizeCurrency, parseDecimal } from '../../domain/money.ts';
 import { BillFormatError, MAX_BILL_LINES, type BillLine } from '../../reconciliation/types.ts';
 
@@ -109,44 +108,15 @@ function normalise(item: unknown, lineNo: number, where: string): BillLine | nul
 
 /** Stream the normalised lines of a PayPal bill (JSON Lines of Transaction Search items). */
 export async function* readPaypalBill(path: string): AsyncGenerator<BillLine> {
-  const source = fs.createReadStream(path, { encoding: 'utf8', highWaterMark: 256 * 1024 });
-  let physical = 0;
   let items = 0;
-  let rest = '';
-  const handle = (raw: string): BillLine[] => {
-    physical++;
-    let line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
-    if (physical === 1 && line.charCodeAt(0) === 0xfeff) line = line.slice(1);
-    if (line.trim() === '') return [];
-    const where = `line ${physical}`;
-    let value: unknown;
-    try {
-      value = JSON.parse(line);
-    } catch {
-      throw new BillFormatError(`${where} is not JSON: not a PayPal Transaction Search report (JSON Lines)`);
-    }
+  for await (const { lineNo, value } of readJsonLines(path, { maxLineChars: MAX_PAYPAL_BILL_LINE_BYTES, what: 'not a PayPal Transaction Search report (JSON Lines)' })) {
     const list = isObject(value) && Array.isArray(value['transaction_details']) ? value['transaction_details'] : [value];
-    const out: BillLine[] = [];
     for (const item of list) {
       items++;
       if (items > MAX_BILL_LINES) throw new BillFormatError(`more than ${MAX_BILL_LINES} transactions`);
-      const l = normalise(item, items, where);
-      if (l) out.push(l);
+      const l = normalise(item, items, `line ${lineNo}`);
+      if (l) yield l;
     }
-    return out;
-  };
-  try {
-    for await (const chunk of source as AsyncIterable<string>) {
-      const parts = (rest + chunk).split('\n');
-      rest = parts.pop()!;
-      if (rest.length > MAX_PAYPAL_BILL_LINE_BYTES) throw new BillFormatError(`line ${physical + parts.length + 1} is longer than ${MAX_PAYPAL_BILL_LINE_BYTES} bytes: not a PayPal Transaction Search report`);
-      const out: BillLine[] = [];
-      for (const part of parts) out.push(...handle(part));
-      yield* out;
-    }
-    if (rest) yield* handle(rest);
-  } finally {
-    source.destroy();
   }
 }
 
