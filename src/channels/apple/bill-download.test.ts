@@ -334,21 +334,21 @@ test('downloadBill refuses days that cannot have a bill, and leaves no file', as
   assert.equal(noApi.downloadBill, undefined);
 });
 
-/** A stand-in Apple answering Get Notification History with the pages given (by call number). */
-async function stubApple(pages: Array<{ status?: number; body: unknown }>): Promise<{ connector: ChannelConnector; close: () => Promise<void>; calls: () => number }> {
-  const stub = Fastify();
+/** A hostile or broken Apple answering Get Notification History with the pages given (by call number). */
+async function hostileApple(pages: Array<{ status?: number; body: unknown }>): Promise<{ connector: ChannelConnector; close: () => Promise<void>; calls: () => number }> {
+  const peer = Fastify();
   let n = 0;
-  stub.post('/inApps/v1/notifications/history', async (_req, reply) => {
+  peer.post('/inApps/v1/notifications/history', async (_req, reply) => {
     const page = pages[Math.min(n++, pages.length - 1)]!;
     return reply.code(page.status ?? 200).type('application/json').send(page.body);
   });
   const port = await freePort();
-  await stub.listen({ host: '127.0.0.1', port });
+  await peer.listen({ host: '127.0.0.1', port });
   const c = createAppleIapConnector({
     bundleId: APPLE_SANDBOX_BUNDLE_ID, environment: 'Sandbox', rootCertificates: [Buffer.from(keys.rootCertificate, 'base64')], enableOnlineChecks: false,
     serverApi: { privateKeyPem: keys.apiPrivateKey, keyId: keys.apiKeyId, issuerId: keys.apiIssuerId, baseUrl: `http://127.0.0.1:${port}` },
   });
-  return { connector: c, close: () => stub.close(), calls: () => n };
+  return { connector: c, close: () => peer.close(), calls: () => n };
 }
 
 test('a forged history item refuses the whole download, naming the item; nothing is written', async () => {
@@ -376,18 +376,18 @@ test('a forged history item refuses the whole download, naming the item; nothing
     [wrapped, innerUuid, /signedTransactionInfo: VERIFICATION_FAILURE/],
   ];
   for (const [signedPayload, uuid, reason] of cases) {
-    const stub = await stubApple([
+    const peer = await hostileApple([
       { body: { notificationHistory: genuine, hasMore: true, paginationToken: 'p2' } },
       { body: { notificationHistory: [genuine[2], { signedPayload, sendAttempts: [] }], hasMore: false } },
     ]);
     const dest = path.join(dir, `forged-${++fileNo}.jsonl`);
     try {
-      await rejectsWith(stub.connector.downloadBill!({ billDate: today, destination: dest }), 'forged_history_item', false,
+      await rejectsWith(peer.connector.downloadBill!({ billDate: today, destination: dest }), 'forged_history_item', false,
         new RegExp(`refused: item 2 of page 2, notification ${uuid}`));
-      await rejectsWith(stub.connector.downloadBill!({ billDate: today, destination: dest }), 'forged_history_item', false, reason);
-      assert.equal(stub.calls(), 3, 'the second download got the forged page first (the stub repeats its last page)');
+      await rejectsWith(peer.connector.downloadBill!({ billDate: today, destination: dest }), 'forged_history_item', false, reason);
+      assert.equal(peer.calls(), 3, 'the second download got the forged page first (the peer repeats its last page)');
     } finally {
-      await stub.close();
+      await peer.close();
     }
     assert.equal(fs.existsSync(dest) || fs.existsSync(`${dest}.part`), false, 'no bill, not even the genuine first page');
   }
@@ -406,17 +406,17 @@ test('downloadBill: Apple\'s failures and malformed answers are ChannelErrors; t
     [[{ body: { notificationHistory: 'nope', hasMore: false } }], 'invalid_response', true],
   ];
   for (const [pages, code, retryable] of cases) {
-    const stub = await stubApple(pages);
+    const peer = await hostileApple(pages);
     const dest = path.join(dir, `fail-${++fileNo}.jsonl`);
     try {
-      await rejectsWith(stub.connector.downloadBill!({ billDate: today, destination: dest }), code, retryable);
+      await rejectsWith(peer.connector.downloadBill!({ billDate: today, destination: dest }), code, retryable);
     } finally {
-      await stub.close();
+      await peer.close();
     }
     assert.equal(fs.existsSync(dest) || fs.existsSync(`${dest}.part`), false, code);
   }
   // An empty day is an empty bill.
-  const empty = await stubApple([{ body: { notificationHistory: [], hasMore: false } }]);
+  const empty = await hostileApple([{ body: { notificationHistory: [], hasMore: false } }]);
   try {
     assert.deepEqual(await download(today, empty.connector), { lines: [], items: [] });
   } finally {
@@ -479,7 +479,7 @@ test('queryPayment refuses another reference\'s transaction, and what cannot be 
   });
   await rejectsWith(foreignRoot.queryPayment({ channelReference: b.ref, currency: 'CNY', channelTransactionId: b.transactionId }), 'invalid_signed_transaction', false);
   // A transaction bought outside Knowpay (no appAccountToken) answers no snapshot, even for an empty reference.
-  const outside = await stubTransaction({ appAccountToken: undefined });
+  const outside = await hostileTransactionServer({ appAccountToken: undefined });
   try {
     await rejectsWith(outside.connector.queryPayment({ channelReference: '', currency: 'CNY', channelTransactionId: '2000000000000077' }), 'reference_missing', false);
     await rejectsWith(outside.connector.queryPayment({ channelReference: b.ref, currency: 'CNY', channelTransactionId: '2000000000000077' }), 'reference_mismatch', false, /appAccountToken none/);
@@ -489,9 +489,9 @@ test('queryPayment refuses another reference\'s transaction, and what cannot be 
 });
 
 /** A stand-in Apple answering Get Transaction Info with a transaction signed by the sandbox's chain. */
-async function stubTransaction(over: Record<string, unknown>): Promise<{ connector: ChannelConnector; close: () => Promise<void> }> {
-  const stub = Fastify();
-  stub.get('/inApps/v1/transactions/:id', async (req, reply) => {
+async function hostileTransactionServer(over: Record<string, unknown>): Promise<{ connector: ChannelConnector; close: () => Promise<void> }> {
+  const peer = Fastify();
+  peer.get('/inApps/v1/transactions/:id', async (req, reply) => {
     const id = (req.params as { id: string }).id;
     const tx = {
       transactionId: id, originalTransactionId: id, bundleId: APPLE_SANDBOX_BUNDLE_ID, productId: 'coins_60', purchaseDate: Date.now(), quantity: 1,
@@ -500,10 +500,10 @@ async function stubTransaction(over: Record<string, unknown>): Promise<{ connect
     return reply.type('application/json').send({ signedTransactionInfo: signAppStoreJws(tx, keys.leafPrivateKey, sandboxChainDer(keys)) });
   });
   const port = await freePort();
-  await stub.listen({ host: '127.0.0.1', port });
+  await peer.listen({ host: '127.0.0.1', port });
   const c = createAppleIapConnector({
     bundleId: APPLE_SANDBOX_BUNDLE_ID, environment: 'Sandbox', rootCertificates: [Buffer.from(keys.rootCertificate, 'base64')], enableOnlineChecks: false,
     serverApi: { privateKeyPem: keys.apiPrivateKey, keyId: keys.apiKeyId, issuerId: keys.apiIssuerId, baseUrl: `http://127.0.0.1:${port}` },
   });
-  return { connector: c, close: () => stub.close() };
+  return { connector: c, close: () => peer.close() };
 }
