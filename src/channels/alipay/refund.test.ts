@@ -17,6 +17,7 @@ import { createAlipayConnector, type AlipayAuditEntry } from './connector.ts';
 import { alipaySandboxPlugin, generateAlipaySandboxKeys, type AlipaySandboxKeys } from './sandbox.ts';
 import { signAlipayNotification } from './sign.ts';
 import { parseFormBody } from './transformers.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const APP_ID = '2021000000000001';
 
@@ -122,16 +123,6 @@ async function waitReceived(name: string, count: number, timeoutMs = 5000): Prom
 
 const paramsOf = (r: Received) => (parseFormBody(r.rawBody) as { ok: true; params: Record<string, string> }).params;
 const cny = async () => 'CNY';
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable: boolean, message?: RegExp) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.retryable, retryable, err.message);
-    if (message) assert.match(err.message, message);
-    return true;
-  });
-}
 
 // ---- Happy paths -------------------------------------------------------------------------------
 

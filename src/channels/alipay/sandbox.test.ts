@@ -10,13 +10,14 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
 import { AlipaySdk } from 'alipay-sdk';
 import { freshDatabase, type TestDatabase } from '../../../test/support/db.ts';
-import { ChannelError, type ChannelConnector, type CreatePaymentInput } from '../types.ts';
+import type { ChannelConnector, CreatePaymentInput } from '../types.ts';
 import { faultsPlugin } from '../sandbox/faults.ts';
 import { listSandboxNotificationAttempts, waitForSandboxNotifications } from '../sandbox/dispatcher.ts';
 import { createAlipayConnector, type AlipayAuditEntry } from './connector.ts';
 import { alipaySandboxPlugin, generateAlipaySandboxKeys, type AlipaySandboxKeys } from './sandbox.ts';
 import { verifyAlipayNotifySignature } from './sign.ts';
 import { parseAlipayTime, parseFormBody, parseFormText } from './transformers.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const APP_ID = '2021000000000001';
 const TIME_SCALE = 0.001;
@@ -131,15 +132,6 @@ async function waitReceived(name: string, count: number, timeoutMs = 5000): Prom
     if (Date.now() > deadline) throw new Error(`receiver ${name}: ${got.length} of ${count} notifications after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    if (retryable !== undefined) assert.equal(err.retryable, retryable);
-    return true;
-  });
 }
 
 // ---- Happy paths -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import { decodeJwsUnverified, generateSandboxChain, signAppStoreJws } from './jw
 import { sandboxChainDer, type AppleSandboxKeys } from './sandbox.ts';
 import { HISTORY_ERRORS, notificationHistory, paginationTokenKey } from './sandbox-history.ts';
 import { AppStoreServerApi } from './server-api.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const TIME_SCALE = 0.001;
 const DAY_MS = 86_400_000;
@@ -131,16 +132,6 @@ async function apiRejects(p: Promise<unknown>, status: number, apiError?: number
     assert.ok(e instanceof APIException, String(e));
     assert.equal(e.httpStatusCode, status);
     if (apiError !== undefined) assert.equal(e.apiError, apiError, String(e.errorMessage));
-    return true;
-  });
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable: boolean, message?: RegExp) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.retryable, retryable, err.message);
-    if (message) assert.match(err.message, message);
     return true;
   });
 }

@@ -4,31 +4,19 @@
  * is skipped, duplicates, files that are not notification history, and a large file read in
  * bounded memory.
  */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { BillFormatError, type BillLine } from '../../reconciliation/types.ts';
 import { appleHistoryItem, readAppleBill, writeAppleBill, type AppleHistoryItem } from './bill.ts';
 import { generateSandboxChain, signAppStoreJws } from './jws.ts';
+import { readAllLines, billFiles } from '../../../test/support/assertions.ts';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'apple-bill-test-'));
-after(() => fs.rmSync(dir, { recursive: true, force: true }));
-let fileNo = 0;
-function file(content: string | Buffer): string {
-  const p = path.join(dir, `bill-${++fileNo}.jsonl`);
-  fs.writeFileSync(p, content);
-  return p;
-}
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readAppleBill(p)) out.push(l);
-  return out;
-}
+const { dir, fresh, file } = billFiles('apple-bill-test');
+const readAll = (p: string) => readAllLines(readAppleBill, p);
 async function written(items: AppleHistoryItem[]): Promise<string> {
-  const p = path.join(dir, `bill-${++fileNo}.jsonl`);
+  const p = fresh();
   assert.equal(await writeAppleBill(p, items), items.length);
   return p;
 }

@@ -15,7 +15,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { APIException } from '@apple/app-store-server-library';
 import { freshDatabase, type TestDatabase } from '../../../test/support/db.ts';
 import { getSetting } from '../../store/settings.ts';
-import { ChannelError, type ChannelConnector, type CreatePaymentInput } from '../types.ts';
+import type { ChannelConnector, CreatePaymentInput } from '../types.ts';
 import type { ChannelAuditEntry } from '../module.ts';
 import { faultsPlugin } from '../sandbox/faults.ts';
 import { listSandboxNotificationAttempts, listSandboxNotifications, waitForSandboxNotifications } from '../sandbox/dispatcher.ts';
@@ -25,6 +25,7 @@ import { APPLE_SANDBOX_BUNDLE_ID, appleIapModule } from './index.ts';
 import { decodeJwsUnverified, generateSandboxChain, signAppStoreJws } from './jws.ts';
 import { generateAppleSandboxKeys, sandboxChainDer, type AppleSandboxKeys } from './sandbox.ts';
 import { AppStoreServerApi } from './server-api.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures/apple');
 const TIME_SCALE = 0.001;
@@ -134,15 +135,6 @@ async function waitReceived(name: string, count: number, timeoutMs = 5000): Prom
 }
 
 const verify = (c: ChannelConnector, r: Received) => c.verifyNotification({ headers: { 'content-type': r.contentType }, rawBody: r.rawBody }, async () => null);
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    if (retryable !== undefined) assert.equal(err.retryable, retryable);
-    return true;
-  });
-}
 
 // ---- Happy path ---------------------------------------------------------------------------------------------
 

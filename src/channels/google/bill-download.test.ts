@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { freshDatabase, type TestDatabase } from '../../../test/support/db.ts';
-import { ChannelError, type ChannelConnector, type CreatePaymentInput } from '../types.ts';
+import type { ChannelConnector, CreatePaymentInput } from '../types.ts';
 import type { ChannelAuditEntry } from '../module.ts';
 import { getSetting } from '../../store/settings.ts';
 import { DEFAULT_FEES, estimateFee } from '../../domain/ledger-rules.ts';
@@ -28,6 +28,7 @@ import { sandboxReportsBucket } from './sandbox-reports.ts';
 import { earningsObjectName, pacificDay, parseReportTime, readGooglePlayBill } from './bill.ts';
 import { loadPrivateKey, signJwtRs256 } from './sign.ts';
 import { writeAlipayBillZip } from '../alipay/bill.ts';
+import { rejectsWith, readAllLines } from '../../../test/support/assertions.ts';
 
 const PKG = GOOGLE_PLAY_SANDBOX_PACKAGE;
 const SKU = 'course.typescript_advanced';
@@ -95,21 +96,7 @@ async function buy(tag: string, o: { price?: [bigint, string]; outcome?: 'succee
   return { ref, orderId: device.body['order_id'], token: device.body['purchase_token'] };
 }
 
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readGooglePlayBill(p)) out.push(l);
-  return out;
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable: boolean, message?: RegExp) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.retryable, retryable, err.message);
-    if (message) assert.match(err.message, message);
-    return true;
-  });
-}
+const readAll = (p: string) => readAllLines(readGooglePlayBill, p);
 
 async function accessToken(scope: string): Promise<string> {
   const iat = Math.floor(Date.now() / 1000);

@@ -18,6 +18,7 @@ import {
   GOOGLE_PLAY_EARNINGS_COLUMNS, MAX_PENDING_ORDER_ROWS, extractGooglePlayEarningsDay, googlePlayEarningsCsvChunks, googlePlayOrderRows, pacificDay,
   parseReportDate, parseReportTime, readGooglePlayBill, reportDateTime, writeGooglePlayEarningsReport, type GooglePlayEarningsRow,
 } from './bill.ts';
+import { readAllLines } from '../../../test/support/assertions.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'play-bill-test-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -28,11 +29,7 @@ function file(content: string | Buffer, ext = 'csv'): string {
   return p;
 }
 const newPath = (ext: string) => path.join(dir, `report-${++fileNo}.${ext}`);
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readGooglePlayBill(p)) out.push(l);
-  return out;
-}
+const readAll = (p: string) => readAllLines(readGooglePlayBill, p);
 async function rejectsFormat(p: string, reason: RegExp): Promise<void> {
   await assert.rejects(readAll(p), (err: unknown) => {
     assert.ok(err instanceof BillFormatError, `expected a BillFormatError, got ${String(err)}`);

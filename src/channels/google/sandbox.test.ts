@@ -25,6 +25,7 @@ import {
 } from './index.ts';
 import { PUBSUB_PUSH_SCHEDULE_MS, pushBody, signPushToken, type GooglePlaySandboxKeys, type PushPayload } from './sandbox.ts';
 import { loadPrivateKey, signJwtRs256 } from './sign.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const TIME_SCALE = 0.001;
 const PKG = GOOGLE_PLAY_SANDBOX_PACKAGE;
@@ -140,15 +141,6 @@ const unknownRef = async () => null;
 
 function asInput(r: Received): NotificationInput {
   return { headers: r.headers, rawBody: r.rawBody, contentType: r.headers['content-type'] as string };
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    if (retryable !== undefined) assert.equal(err.retryable, retryable, err.message);
-    return true;
-  });
 }
 
 async function sandboxPurchase(ref: string) {

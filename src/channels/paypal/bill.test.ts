@@ -3,28 +3,17 @@
  * PayPal's shape (known answer, edge cases), files that are not such a report, and writer ↔ reader
  * round trips (fast-check).
  */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { BillFormatError, type BillLine } from '../../reconciliation/types.ts';
 import { paypalTransactionDetail, readPaypalBill, writePaypalBill, parsePayPalTime, type PayPalBillRow } from './bill.ts';
+import { readAllLines, billFiles } from '../../../test/support/assertions.ts';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'paypal-bill-test-'));
-after(() => fs.rmSync(dir, { recursive: true, force: true }));
-let fileNo = 0;
-function file(content: string | Buffer): string {
-  const p = path.join(dir, `bill-${++fileNo}.jsonl`);
-  fs.writeFileSync(p, content);
-  return p;
-}
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readPaypalBill(p)) out.push(l);
-  return out;
-}
+const { dir, fresh, file } = billFiles('paypal-bill-test');
+const readAll = (p: string) => readAllLines(readPaypalBill, p);
 
 const usd = (value: string) => ({ currency_code: 'USD', value });
 const info = (o: Record<string, unknown>) => JSON.stringify({ transaction_info: { paypal_account_id: 'MERCHANT123', protection_eligibility: '01', ...o } });
@@ -129,7 +118,7 @@ test('round trip: what the writer writes, the reader reads (payments S with a re
         invoiceId: s.invoiceId, customField: s.customField, initiatedAt: new Date(s.at * 1000),
       };
     });
-    const p = path.join(dir, `rt-${++fileNo}.jsonl`);
+    const p = fresh();
     assert.equal(await writePaypalBill(p, rows.map(paypalTransactionDetail)), rows.length);
     const got = await readAll(p);
     fs.rmSync(p);

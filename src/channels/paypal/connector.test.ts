@@ -13,6 +13,7 @@ import { eventOf, startHarness, type Harness, type Received } from './harness.ts
 import { signTransmission } from './sandbox.ts';
 import { generateSandboxCertificates } from './sandbox-keys.ts';
 import { toPayPalValue, fromPayPalValue, translateEvent, redactSecrets } from './transformers.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 let h: Harness;
 
@@ -33,15 +34,6 @@ async function verify(r: Received, currencyOf: (ref: string) => Promise<string |
 function paymentOf(n: VerifiedNotification) {
   assert.equal(n.kind, 'payment');
   return n as Extract<VerifiedNotification, { kind: 'payment' }>;
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    if (retryable !== undefined) assert.equal(err.retryable, retryable, err.message);
-    return true;
-  });
 }
 
 const byType = (ref: string, type: string) => (_r: Received, e: Record<string, any>) =>

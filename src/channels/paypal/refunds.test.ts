@@ -7,10 +7,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createPrivateKey } from 'node:crypto';
-import { ChannelError, type RefundRequest, type VerifiedNotification } from '../types.ts';
+import type { RefundRequest, VerifiedNotification } from '../types.ts';
 import { eventOf, startHarness, type Harness, type Received } from './harness.ts';
 import { signTransmission } from './sandbox.ts';
 import { generateSandboxCertificates } from './sandbox-keys.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 let h: Harness;
 
@@ -31,15 +32,6 @@ function refundInput(ref: string, amountMinor: bigint, over: Partial<RefundReque
     channelReference: ref, refundReference: newRefundRef(), amountMinor, paymentAmountMinor: 1234n, currency: 'USD',
     reason: 'Requested by the buyer', notifyUrl: `${h.base}/v1/notify/paypal`, ...over,
   };
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    if (retryable !== undefined) assert.equal(err.retryable, retryable, err.message);
-    return true;
-  });
 }
 
 async function sandboxOrder(ref: string): Promise<Record<string, any>> {

@@ -2,29 +2,18 @@
  * The Stripe bill (JSON Lines of balance transactions): known answers on a hand-written sample in
  * Stripe's shape, refusals of what is not one, and a writer ↔ reader round trip.
  */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { BillFormatError, type BillLine } from '../../reconciliation/types.ts';
 import { feeInPresentment, MAX_BILL_LINE_CHARS, rateFraction, readStripeBill, writeStripeBill } from './bill.ts';
+import { readAllLines, billFiles } from '../../../test/support/assertions.ts';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stripe-bill-test-'));
-after(() => fs.rmSync(dir, { recursive: true, force: true }));
-let n = 0;
-const file = (text: string | Buffer) => {
-  const p = path.join(dir, `bill-${++n}.jsonl`);
-  fs.writeFileSync(p, text);
-  return p;
-};
+const { dir, fresh, file } = billFiles('stripe-bill-test');
 
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readStripeBill(p)) out.push(l);
-  return out;
-}
+const readAll = (p: string) => readAllLines(readStripeBill, p);
 
 async function refuses(p: string, reason: RegExp) {
   await assert.rejects(readAll(p), (err: unknown) => {
@@ -143,7 +132,7 @@ function stripeShape(r: Row, i: number): Record<string, unknown> {
 
 test('writer ↔ reader: what Stripe lists comes back as the lines it means (property)', async () => {
   await fc.assert(fc.asyncProperty(fc.array(rowArb, { maxLength: 30 }), async (rows) => {
-    const p = path.join(dir, `rt-${++n}.jsonl`);
+    const p = fresh();
     assert.equal(await writeStripeBill(p, rows.map(stripeShape)), rows.length);
     const lines = await readAll(p);
     assert.deepEqual(lines, rows.map((r, i): BillLine => ({

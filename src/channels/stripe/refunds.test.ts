@@ -16,6 +16,7 @@ import { ChannelError, type ChannelConnector, type CreatePaymentInput, type Refu
 import { faultsPlugin } from '../sandbox/faults.ts';
 import { createStripeConnector, prefixedHttpClient, type StripeAuditEntry, type StripeConfig } from './connector.ts';
 import { KNOWPAY_ENABLED_EVENTS, generateStripeSandboxKeys, stripeSandboxPlugin, type StripeSandboxKeys } from './sandbox.ts';
+import { rejectsWith as rejectsWithChannelError } from '../../../test/support/assertions.ts';
 
 const TIME_SCALE = 0.001;
 
@@ -122,16 +123,7 @@ async function raw(method: string, path: string, body?: string, key: string | nu
   return { status: res.status, json: (await res.json()) as Record<string, any> };
 }
 
-async function rejectsWith(p: Promise<unknown>, code: string, retryable = false, message?: RegExp) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.channel, 'stripe');
-    assert.equal(err.retryable, retryable, `${code} retryable`);
-    if (message) assert.match(err.message, message);
-    return true;
-  });
-}
+const rejectsWith = (p: Promise<unknown>, code: string, retryable = false, message?: RegExp) => rejectsWithChannelError(p, code, retryable, message, 'stripe');
 
 async function waitFor<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs = 5000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

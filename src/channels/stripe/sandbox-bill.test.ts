@@ -17,6 +17,7 @@ import { ChannelError, type ChannelConnector } from '../types.ts';
 import { readStripeBill } from './bill.ts';
 import { createStripeConnector, type StripeAuditEntry, type StripeConfig } from './connector.ts';
 import { generateStripeSandboxKeys, stripeSandboxPlugin, type StripeSandboxKeys } from './sandbox.ts';
+import { readAllLines } from '../../../test/support/assertions.ts';
 
 let db: TestDatabase;
 let keys: StripeSandboxKeys;
@@ -81,11 +82,7 @@ async function refund(t: Trade, refundReference: string, amountMinor: bigint) {
   return connector().refundPayment!({ channelReference: t.ref, channelTransactionId: t.pi, refundReference, amountMinor, paymentAmountMinor: t.amountMinor, currency: t.currency, notifyUrl: `${base}/v1/notify/stripe` });
 }
 
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readStripeBill(p)) out.push(l);
-  return out;
-}
+const readAll = (p: string) => readAllLines(readStripeBill, p);
 
 const fee = (minor: bigint) => estimateFee(minor, DEFAULT_FEES.stripe!);
 const today = () => new Date().toISOString().slice(0, 10);

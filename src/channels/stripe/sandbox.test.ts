@@ -19,6 +19,7 @@ import {
   KNOWPAY_ENABLED_EVENTS, STRIPE_NOTIFY_SCHEDULE_MS, generateStripeSandboxKeys, presentedKey, redactKey, stripeNotificationSpec, stripeSandboxPlugin,
   type StripeSandboxKeys,
 } from './sandbox.ts';
+import { rejectsWith as rejectsWithChannelError } from '../../../test/support/assertions.ts';
 
 const TIME_SCALE = 0.001;
 const ALL_EVENTS_SECRET = 'whsec_alleventsendpointsecret0000';
@@ -141,15 +142,7 @@ const mainFor = (ref: string, type?: string) => (r: Received) => r.name === 'mai
 const verify = (c: ChannelConnector, r: Received, body = r.rawBody) =>
   c.verifyNotification({ headers: r.headers, rawBody: body, contentType: String(r.headers['content-type']) }, async () => null);
 
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.channel, 'stripe');
-    if (retryable !== undefined) assert.equal(err.retryable, retryable);
-    return true;
-  });
-}
+const rejectsWith = (p: Promise<unknown>, code: string, retryable?: boolean) => rejectsWithChannelError(p, code, retryable, undefined, 'stripe');
 
 async function raw(method: string, path: string, opts: { key?: string | null; body?: string; idempotencyKey?: string; headers?: Record<string, string> } = {}) {
   const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', ...opts.headers };

@@ -20,6 +20,7 @@ import { createWechatpayConnector, type WechatpayAuditEntry } from './connector.
 import { generateWechatpaySandboxKeys, wechatpaySandboxPlugin, type WechatpaySandboxKeys } from './sandbox.ts';
 import { signatureHeaders, signRequest } from './sign.ts';
 import { readWechatpayBill } from './bill.ts';
+import { readAllLines } from '../../../test/support/assertions.ts';
 
 const MCHID = '1900000109';
 const APPID = 'wx8888888888888888';
@@ -85,11 +86,7 @@ async function refund(ref: string, rf: string, amount: bigint, total: bigint, ou
   if (outcome) assert.equal((await post('/refunds/simulate', { refund_reference: rf, outcome })).status, 200);
 }
 
-async function readAll(p: string): Promise<BillLine[]> {
-  const out: BillLine[] = [];
-  for await (const l of readWechatpayBill(p)) out.push(l);
-  return out;
-}
+const readAll = (p: string) => readAllLines(readWechatpayBill, p);
 
 const file = () => path.join(tmp, `bill-${++counter}.csv`);
 

@@ -20,6 +20,7 @@ import { createWechatpayConnector, type WechatpayAuditEntry, type WechatpayConfi
 import { generateWechatpaySandboxKeys, wechatpaySandboxPlugin, type WechatpaySandboxKeys } from './sandbox.ts';
 import { decryptResource, encryptResource, signatureHeaders, signRequest } from './sign.ts';
 import { parseRfc3339 } from './transformers.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const MCHID = '1900000109';
 const APPID = 'wx8888888888888888';
@@ -124,16 +125,6 @@ async function waitReceived(name: string, count: number, timeoutMs = 5000): Prom
     if (Date.now() > deadline) throw new Error(`receiver ${name}: ${got.length} of ${count} callbacks after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 15));
   }
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable: boolean, message?: RegExp) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.retryable, retryable, err.message);
-    if (message) assert.match(err.message, message);
-    return true;
-  });
 }
 
 const verify = (c: ChannelConnector, r: Pick<Received, 'headers' | 'rawBody'>) =>

@@ -9,13 +9,14 @@ import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
 import { freshDatabase, type TestDatabase } from '../../../test/support/db.ts';
-import { ChannelError, type ChannelConnector, type CreatePaymentInput } from '../types.ts';
+import type { ChannelConnector, CreatePaymentInput } from '../types.ts';
 import { faultsPlugin } from '../sandbox/faults.ts';
 import { listSandboxNotificationAttempts, waitForSandboxNotifications } from '../sandbox/dispatcher.ts';
 import { createWechatpayConnector, type WechatpayAuditEntry, type WechatpayConfig } from './connector.ts';
 import { generateWechatpaySandboxKeys, wechatpaySandboxPlugin, WECHATPAY_NOTIFY_SCHEDULE_MS, type WechatpaySandboxKeys } from './sandbox.ts';
 import { decryptResource, readSignatureHeaders, signRequest, verifyWechatpaySignature } from './sign.ts';
 import { parseRfc3339 } from './transformers.ts';
+import { rejectsWith } from '../../../test/support/assertions.ts';
 
 const MCHID = '1900000109';
 const APPID = 'wx8888888888888888';
@@ -141,15 +142,6 @@ async function waitReceived(name: string, count: number, timeoutMs = 5000): Prom
     if (Date.now() > deadline) throw new Error(`receiver ${name}: ${got.length} of ${count} callbacks after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, retryable?: boolean) {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof ChannelError, String(err));
-    assert.equal(err.code, code, err.message);
-    if (retryable !== undefined) assert.equal(err.retryable, retryable);
-    return true;
-  });
 }
 
 const verify = (c: ChannelConnector, r: Received) => c.verifyNotification({ headers: r.headers, rawBody: r.rawBody, contentType: r.headers['content-type'] as string }, async () => 'CNY');
