@@ -4,7 +4,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { generateKeyPairSync } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -18,6 +17,7 @@ import { alipaySandboxPlugin, generateAlipaySandboxKeys, type AlipaySandboxKeys 
 import { verifyAlipayNotifySignature } from './sign.ts';
 import { parseAlipayTime, parseFormBody, parseFormText } from './transformers.ts';
 import { rejectsWith } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const APP_ID = '2021000000000001';
 const TIME_SCALE = 0.001;
@@ -34,14 +34,6 @@ const received: Received[] = [];
 /** Per receiver name: what to answer to the n-th (1-based) notification. */
 const answers = new Map<string, (n: number) => string>();
 let refCounter = 0;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 function flipChar(s: string, at: number): string {
   return s.slice(0, at) + (s[at] === 'A' ? 'B' : 'A') + s.slice(at + 1);

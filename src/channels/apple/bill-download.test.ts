@@ -10,7 +10,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -32,6 +31,7 @@ import { sandboxChainDer, type AppleSandboxKeys } from './sandbox.ts';
 import { HISTORY_ERRORS, notificationHistory, paginationTokenKey } from './sandbox-history.ts';
 import { AppStoreServerApi } from './server-api.ts';
 import { rejectsWith } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const TIME_SCALE = 0.001;
 const DAY_MS = 86_400_000;
@@ -47,14 +47,6 @@ const received: string[] = [];
 /** Per app account token: the HTTP status the notify endpoint answers (default 200). */
 const answers = new Map<string, number>();
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'apple-bill-dl-'));
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** Test plumbing: which notification a delivery is (read without verification). */
 function describe(raw: Buffer): { uuid: string; token: string } {

@@ -6,7 +6,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -26,6 +25,7 @@ import { decodeJwsUnverified, generateSandboxChain, signAppStoreJws } from './jw
 import { generateAppleSandboxKeys, sandboxChainDer, type AppleSandboxKeys } from './sandbox.ts';
 import { AppStoreServerApi } from './server-api.ts';
 import { rejectsWith } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures/apple');
 const TIME_SCALE = 0.001;
@@ -41,14 +41,6 @@ let audits: ChannelAuditEntry[] = [];
 const received: Received[] = [];
 /** Per receiver name (the app account token, or "test"): the HTTP status for the n-th (1-based) delivery. */
 const answers = new Map<string, (n: number) => number>();
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** Test plumbing only: which purchase a delivery is about, read without verification to pick an answer. */
 function nameOf(raw: Buffer): string {

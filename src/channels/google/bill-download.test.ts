@@ -29,6 +29,7 @@ import { earningsObjectName, pacificDay, parseReportTime, readGooglePlayBill } f
 import { loadPrivateKey, signJwtRs256 } from './sign.ts';
 import { writeAlipayBillZip } from '../alipay/bill.ts';
 import { rejectsWith, readAllLines } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const PKG = GOOGLE_PLAY_SANDBOX_PACKAGE;
 const SKU = 'course.typescript_advanced';
@@ -44,14 +45,6 @@ let audits: ChannelAuditEntry[] = [];
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'play-bill-download-'));
 let fileNo = 0;
 const newFile = () => path.join(dir, `bill-${++fileNo}.csv`);
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 let refCounter = 0;
 const newRef = (tag: string) => `KP${tag.toUpperCase()}${process.pid}X${++refCounter}`.slice(0, 32);

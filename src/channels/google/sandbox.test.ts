@@ -6,7 +6,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { createPublicKey, generateKeyPairSync, type JsonWebKey } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { androidpublisher, auth as sdkAuth } from '@googleapis/androidpublisher';
@@ -26,6 +25,7 @@ import {
 import { PUBSUB_PUSH_SCHEDULE_MS, pushBody, signPushToken, type GooglePlaySandboxKeys, type PushPayload } from './sandbox.ts';
 import { loadPrivateKey, signJwtRs256 } from './sign.ts';
 import { rejectsWith } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const TIME_SCALE = 0.001;
 const PKG = GOOGLE_PLAY_SANDBOX_PACKAGE;
@@ -43,14 +43,6 @@ const received: Received[] = [];
 /** What the notify receiver answers to the n-th (1-based) delivery of a message id. */
 let answer: (messageId: string, n: number) => number = () => 200;
 let refCounter = 0;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 before(async () => {
   db = await freshDatabase();

@@ -4,7 +4,6 @@
  * real 127.0.0.1 port, a webhook receiver at /v1/notify/paypal that records raw bodies and headers,
  * and a man-in-the-middle route `/mitm/:mode/sandbox/paypal/*` for transport failures.
  */
-import net from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -18,6 +17,9 @@ import { paypalModule } from './index.ts';
 import { pgOrderRefStore } from './order-refs.ts';
 import { pgRefundRefStore } from './refund-refs.ts';
 import { SANDBOX_CERT_SUBJECT, type PayPalSandboxKeys } from './sandbox-keys.ts';
+import { freePort } from '../../store/embedded.ts';
+
+export { freePort };
 
 export interface Received {
   n: number;
@@ -57,14 +59,6 @@ export interface Harness {
   sandboxPost(path: string, body: unknown): Promise<{ status: number; body: Record<string, any> }>;
   waitReceived(pred: (r: Received, body: Record<string, any>) => boolean, count?: number, timeoutMs?: number): Promise<Received[]>;
   close(): Promise<void>;
-}
-
-export async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 export async function startHarness(opts: { timeScale?: number } = {}): Promise<Harness> {

@@ -4,7 +4,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import Fastify from 'fastify';
 import formbody from '@fastify/formbody';
 import { freshDatabase, type TestDatabase } from '../../../test/support/db.ts';
@@ -12,6 +11,7 @@ import type { ChannelAuditEntry, ChannelDeps } from '../module.ts';
 import type { ChannelConnector, VerifyResult } from '../types.ts';
 import { waitForSandboxNotifications } from '../sandbox/dispatcher.ts';
 import { stripeModule } from './index.ts';
+import { freePort } from '../../store/embedded.ts';
 
 let db: TestDatabase;
 before(async () => {
@@ -20,14 +20,6 @@ before(async () => {
 after(async () => {
   await db.drop();
 });
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 function deps(publicBaseUrl: string, env: NodeJS.ProcessEnv, audits: ChannelAuditEntry[] = []): ChannelDeps {
   return { pool: db.pool, publicBaseUrl, sandboxTimeScale: 0.001, audit: (e) => audits.push(e), env };

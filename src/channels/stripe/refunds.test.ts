@@ -6,7 +6,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
 import Stripe from 'stripe';
@@ -17,6 +16,7 @@ import { faultsPlugin } from '../sandbox/faults.ts';
 import { createStripeConnector, prefixedHttpClient, type StripeAuditEntry, type StripeConfig } from './connector.ts';
 import { KNOWPAY_ENABLED_EVENTS, generateStripeSandboxKeys, stripeSandboxPlugin, type StripeSandboxKeys } from './sandbox.ts';
 import { rejectsWith as rejectsWithChannelError } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const TIME_SCALE = 0.001;
 
@@ -31,14 +31,6 @@ let auto: ChannelConnector;
 let audits: StripeAuditEntry[] = [];
 const received: Received[] = [];
 let counter = 0;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 before(async () => {
   db = await freshDatabase();

@@ -5,7 +5,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
 import Stripe from 'stripe';
@@ -20,6 +19,7 @@ import {
   type StripeSandboxKeys,
 } from './sandbox.ts';
 import { rejectsWith as rejectsWithChannelError } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const TIME_SCALE = 0.001;
 const ALL_EVENTS_SECRET = 'whsec_alleventsendpointsecret0000';
@@ -37,14 +37,6 @@ const received: Received[] = [];
 /** Per reference: the HTTP status to answer to the n-th (1-based) delivery. */
 const answers = new Map<string, (n: number) => number>();
 let refCounter = 0;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** A Fastify app as the service builds it, with the sandbox and two webhook receivers. */
 async function buildApp(pool: TestDatabase['pool'], port: number, timeScale: number): Promise<FastifyInstance> {

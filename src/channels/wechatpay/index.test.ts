@@ -4,13 +4,13 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import Fastify from 'fastify';
 import { freshDatabase, type TestDatabase } from '../../../test/support/db.ts';
 import { getSetting } from '../../store/settings.ts';
 import type { ChannelAuditEntry, ChannelDeps } from '../module.ts';
 import { refundSettleMsFromEnv, wechatpayModule, WECHATPAY_SANDBOX_MCHID } from './index.ts';
 import { generateWechatpaySandboxKeys, type WechatpaySandboxKeys } from './sandbox.ts';
+import { freePort } from '../../store/embedded.ts';
 
 let db: TestDatabase;
 before(async () => {
@@ -19,14 +19,6 @@ before(async () => {
 after(async () => {
   await db.drop();
 });
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 function deps(port: number, env: NodeJS.ProcessEnv = {}, audits: ChannelAuditEntry[] = []): ChannelDeps {
   return { pool: db.pool, publicBaseUrl: `http://127.0.0.1:${port}`, sandboxTimeScale: 0.001, audit: (e) => audits.push(e), env };

@@ -21,6 +21,7 @@ import { generateWechatpaySandboxKeys, wechatpaySandboxPlugin, type WechatpaySan
 import { signatureHeaders, signRequest } from './sign.ts';
 import { readWechatpayBill } from './bill.ts';
 import { readAllLines } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const MCHID = '1900000109';
 const APPID = 'wx8888888888888888';
@@ -34,14 +35,6 @@ let connector: ChannelConnector;
 let audits: WechatpayAuditEntry[] = [];
 let counter = 0;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wx-sandbox-bill-'));
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 const makeConnector = (baseURL: string) => createWechatpayConnector({
   mchid: MCHID, appid: APPID, merchantSerial: keys.merchantSerial, privateKey: keys.merchantPrivateKey,

@@ -8,7 +8,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { generateKeyPairSync } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -21,6 +20,7 @@ import { generateWechatpaySandboxKeys, wechatpaySandboxPlugin, type WechatpaySan
 import { decryptResource, encryptResource, signatureHeaders, signRequest } from './sign.ts';
 import { parseRfc3339 } from './transformers.ts';
 import { rejectsWith } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const MCHID = '1900000109';
 const APPID = 'wx8888888888888888';
@@ -41,14 +41,6 @@ let audits: WechatpayAuditEntry[] = [];
 const received: Received[] = [];
 const answers = new Map<string, (n: number) => number>();
 let counter = 0;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 async function buildApp(port: number, refundSettleMs: number | null): Promise<FastifyInstance> {
   const a = Fastify();

@@ -4,7 +4,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
@@ -17,6 +16,7 @@ import { generateWechatpaySandboxKeys, wechatpaySandboxPlugin, WECHATPAY_NOTIFY_
 import { decryptResource, readSignatureHeaders, signRequest, verifyWechatpaySignature } from './sign.ts';
 import { parseRfc3339 } from './transformers.ts';
 import { rejectsWith } from '../../../test/support/assertions.ts';
+import { freePort } from '../../store/embedded.ts';
 
 const MCHID = '1900000109';
 const APPID = 'wx8888888888888888';
@@ -35,14 +35,6 @@ const received: Received[] = [];
 /** Per receiver name: what to answer to the n-th (1-based) callback. */
 const answers = new Map<string, (n: number) => Answer>();
 let refCounter = 0;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 function flipChar(s: string, at: number): string {
   return s.slice(0, at) + (s[at] === 'A' ? 'B' : 'A') + s.slice(at + 1);
